@@ -1,0 +1,255 @@
+//! Body types on both sides of the proxy.
+//!
+//! [`Body`] is every response we send: a synthetic one (error, redirect, `respond`), or an
+//! upstream's body streamed through untouched. It counts the bytes it sends and calls a
+//! completion hook exactly once, when the last byte is sent or the body is dropped early: that
+//! hook writes the access log line, records metrics, and marks the connection idle.
+//!
+//! [`UpstreamBody`] is every request body we send upstream: the client's body streamed with a
+//! size limit (`max_body`) and a signal when it is complete, which starts the response timeout.
+//!
+//! An enum rather than a boxed trait object, so the common cases cost no allocation.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use hyper::body::{Body as HttpBody, Incoming};
+use tokio::sync::oneshot;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How a response body ended.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyOutcome {
+    pub bytes: u64,
+    /// False when the client went away or the upstream body failed mid-way.
+    pub complete: bool,
+}
+
+/// Called once when a response body ends.
+pub type Completion = Box<dyn FnOnce(BodyOutcome) + Send + Sync>;
+
+enum Kind {
+    Empty,
+    Full(Option<Bytes>),
+    Incoming(Incoming),
+    Stream(Pin<Box<dyn HttpBody<Data = Bytes, Error = BoxError> + Send>>),
+}
+
+/// A response body.
+pub struct Body {
+    kind: Kind,
+    sent: u64,
+    done: Option<Completion>,
+}
+
+impl Body {
+    pub fn empty() -> Body {
+        Body::from_kind(Kind::Empty)
+    }
+
+    pub fn full(b: impl Into<Bytes>) -> Body {
+        let b = b.into();
+        if b.is_empty() {
+            Body::empty()
+        } else {
+            Body::from_kind(Kind::Full(Some(b)))
+        }
+    }
+
+    pub fn incoming(i: Incoming) -> Body {
+        Body::from_kind(Kind::Incoming(i))
+    }
+
+    pub fn stream(s: impl HttpBody<Data = Bytes, Error = BoxError> + Send + 'static) -> Body {
+        Body::from_kind(Kind::Stream(Box::pin(s)))
+    }
+
+    fn from_kind(kind: Kind) -> Body {
+        Body {
+            kind,
+            sent: 0,
+            done: None,
+        }
+    }
+
+    /// Sets the hook called when the body ends (replacing any earlier one).
+    pub fn on_complete(&mut self, f: Completion) {
+        self.done = Some(f);
+    }
+
+    fn finish(&mut self, complete: bool) {
+        if let Some(f) = self.done.take() {
+            f(BodyOutcome {
+                bytes: self.sent,
+                complete,
+            });
+        }
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        let complete = self.is_end_stream();
+        self.finish(complete);
+    }
+}
+
+impl HttpBody for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled: Poll<Option<Result<Frame<Bytes>, BoxError>>> = match &mut this.kind {
+            Kind::Empty => Poll::Ready(None),
+            Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Incoming(i) => Pin::new(i).poll_frame(cx).map_err(|e| e.into()),
+            Kind::Stream(s) => s.as_mut().poll_frame(cx),
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.sent += d.len() as u64;
+                }
+                if this.is_end_stream() {
+                    this.finish(true);
+                }
+            }
+            Poll::Ready(None) => this.finish(true),
+            Poll::Ready(Some(Err(_))) => this.finish(false),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Empty => true,
+            Kind::Full(b) => b.is_none(),
+            Kind::Incoming(i) => i.is_end_stream(),
+            Kind::Stream(s) => s.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Empty => SizeHint::with_exact(0),
+            Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Incoming(i) => i.size_hint(),
+            Kind::Stream(s) => s.size_hint(),
+        }
+    }
+}
+
+/// Shared between a request body on its way upstream and the handler waiting for the response.
+#[derive(Debug, Default)]
+pub struct RequestBodyStats {
+    pub bytes: AtomicU64,
+    pub too_large: AtomicBool,
+}
+
+/// The request body exceeded `max_body` while streaming.
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than {0} bytes")]
+pub struct TooLarge(pub u64);
+
+/// A request body on its way upstream.
+pub struct UpstreamBody {
+    inner: Option<Incoming>,
+    limit: u64,
+    stats: Arc<RequestBodyStats>,
+    /// Fired when the body is complete: the response timeout starts then.
+    finished: Option<oneshot::Sender<()>>,
+}
+
+impl UpstreamBody {
+    pub fn empty() -> UpstreamBody {
+        UpstreamBody {
+            inner: None,
+            limit: u64::MAX,
+            stats: Arc::default(),
+            finished: None,
+        }
+    }
+
+    pub fn new(
+        inner: Incoming,
+        limit: u64,
+        stats: Arc<RequestBodyStats>,
+        finished: Option<oneshot::Sender<()>>,
+    ) -> UpstreamBody {
+        UpstreamBody {
+            inner: Some(inner),
+            limit,
+            stats,
+            finished,
+        }
+    }
+
+    fn signal_finished(&mut self) {
+        if let Some(tx) = self.finished.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl HttpBody for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    let total = this
+                        .stats
+                        .bytes
+                        .fetch_add(d.len() as u64, Ordering::Relaxed)
+                        + d.len() as u64;
+                    if total > this.limit {
+                        this.stats.too_large.store(true, Ordering::Relaxed);
+                        this.inner = None;
+                        return Poll::Ready(Some(Err(Box::new(TooLarge(this.limit)))));
+                    }
+                }
+                if this.inner.as_ref().is_some_and(|i| i.is_end_stream()) {
+                    this.signal_finished();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                this.signal_finished();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|i| i.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map(|i| i.size_hint())
+            .unwrap_or_else(|| SizeHint::with_exact(0))
+    }
+}

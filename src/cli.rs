@@ -1,0 +1,161 @@
+//! Command-line interface: argument definitions and the `check` report.
+//!
+//! `main.rs` only dispatches; what each command prints is built here so it can be tested.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, Severity, TargetConfig, TlsSource, defaults};
+
+#[derive(Debug, Parser)]
+#[command(name = "gatehouse", version, about = "An HTTP gateway driven by one TOML routes file", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigArg {
+    /// The routes file.
+    #[arg(short = 'c', long = "config", env = "GATEHOUSE_CONFIG", default_value = defaults::CONFIG_PATH)]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve: bind the listeners and proxy until SIGTERM or SIGINT (SIGHUP reloads the file).
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Log format (overrides [log] format).
+        #[arg(long)]
+        log_format: Option<LogFormatArg>,
+        /// Worker threads (overrides [server] workers; default: one per core).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Validate the routes file like `nginx -t`: exit 0 with a summary, or 1 with every error.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+/// The one-screen summary `gatehouse check` prints for a valid config.
+pub fn check_report(c: &Config) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{}: configuration OK", c.path.display());
+    let s = &c.server;
+    let list = |v: &[std::net::SocketAddr]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    let _ = writeln!(
+        out,
+        "listeners: http {}; https {}; admin {}",
+        list(&s.http),
+        list(&s.https),
+        s.admin.map(|a| a.to_string()).unwrap_or_else(|| "-".into())
+    );
+    let routes: usize = c.sites.iter().map(|x| x.routes.len()).sum();
+    let _ = writeln!(out, "{} sites, {} routes", c.sites.len(), routes);
+    for site in &c.sites {
+        let hosts = site
+            .hosts
+            .iter()
+            .map(|h| h.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut flags = Vec::new();
+        if site.default {
+            flags.push("default".to_string());
+        }
+        match &site.tls {
+            Some(TlsSource::Files {
+                cert_path, loaded, ..
+            }) => flags.push(format!(
+                "tls {} (expires {})",
+                cert_path.display(),
+                loaded.not_after_text()
+            )),
+            Some(TlsSource::SelfSigned) => flags.push("tls self-signed".into()),
+            None => {}
+        }
+        if site.redirect_https {
+            flags.push("redirect_https".into());
+        }
+        let flags = if flags.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", flags.join(", "))
+        };
+        let _ = writeln!(
+            out,
+            "site {}: {}{}",
+            site.name,
+            if hosts.is_empty() {
+                "(any host)".into()
+            } else {
+                hosts
+            },
+            flags
+        );
+        for r in &site.routes {
+            let target = match &r.target {
+                TargetConfig::Upstream(u) => format!(
+                    "upstream {}",
+                    u.backends
+                        .iter()
+                        .map(|b| b.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                TargetConfig::Redirect(rd) => {
+                    format!("redirect {} {}", rd.status.as_u16(), rd.to.as_str())
+                }
+                TargetConfig::Respond(rs) => format!("respond {}", rs.status.as_u16()),
+                TargetConfig::Clerk(cl) => format!("clerk -> {}", cl.fapi.origin()),
+                TargetConfig::Static(st) => format!("static {}", st.root.display()),
+            };
+            let strip = if r.options.strip_prefix {
+                " (strip prefix)"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "  {:<24} -> {}{}   [{}]",
+                r.matcher.to_string(),
+                target,
+                strip,
+                r.id
+            );
+        }
+    }
+    let warnings: Vec<_> = c
+        .warnings
+        .iter()
+        .filter(|d| d.severity == Severity::Warning)
+        .collect();
+    if !warnings.is_empty() {
+        let _ = writeln!(out, "{} warning(s):", warnings.len());
+        for w in warnings {
+            let _ = writeln!(out, "{w}");
+        }
+    }
+    out
+}

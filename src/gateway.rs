@@ -1,0 +1,551 @@
+//! The running gateway: start, reload, shut down.
+//!
+//! [`Gateway::start`] loads the config, builds the first snapshot, binds every listener (a bind
+//! failure is fatal at start), and spawns the accept loops. [`Gateway::reload`] builds a complete
+//! new snapshot off the request path and swaps it in with one store; listeners are diffed by
+//! their configured address, so only added ones are bound and only removed ones are closed
+//! (their open connections drain on their own). [`Gateway::shutdown`] drains everything.
+//!
+//! This module must not serve requests or parse config itself: it wires `config`, `state`,
+//! `server` and `admin` together.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{Semaphore, watch};
+use tokio_util::task::TaskTracker;
+
+use crate::config::{self, Config, ConfigError, EnvLookup};
+use crate::server::{self, ListenerKind, ServerCtx};
+use crate::state::{Shared, Snapshot};
+use crate::upstream::ClientCache;
+
+/// How to start.
+#[derive(Clone)]
+pub struct Options {
+    pub config_path: PathBuf,
+    pub env: EnvLookup,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr} ({what}): {source}\n  help: {help}")]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+        help: &'static str,
+    },
+    #[error("{0}")]
+    Build(String),
+}
+
+/// Why a reload was refused (the old configuration keeps serving).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Build(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ReloadError {
+    /// One line, for logs, `STATUS=` and the admin endpoint.
+    pub fn summary(&self) -> String {
+        match self {
+            ReloadError::Config(c) => c.summary(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// What a successful reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    pub generation: u64,
+    pub unchanged: bool,
+    pub sites_added: Vec<String>,
+    pub sites_removed: Vec<String>,
+    pub sites_changed: Vec<String>,
+    pub routes_added: Vec<String>,
+    pub routes_removed: Vec<String>,
+    pub routes_changed: Vec<String>,
+    pub listeners_added: Vec<SocketAddr>,
+    pub listeners_removed: Vec<SocketAddr>,
+    pub millis: u128,
+}
+
+impl std::fmt::Display for ReloadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.unchanged {
+            return write!(f, "no change");
+        }
+        let mut parts = Vec::new();
+        for (label, v) in [
+            ("sites added", &self.sites_added),
+            ("sites removed", &self.sites_removed),
+            ("sites changed", &self.sites_changed),
+            ("routes added", &self.routes_added),
+            ("routes removed", &self.routes_removed),
+            ("routes changed", &self.routes_changed),
+        ] {
+            if !v.is_empty() {
+                parts.push(format!("{label}: {}", v.join(", ")));
+            }
+        }
+        for (label, v) in [
+            ("listeners added", &self.listeners_added),
+            ("listeners removed", &self.listeners_removed),
+        ] {
+            if !v.is_empty() {
+                parts.push(format!(
+                    "{label}: {}",
+                    v.iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
+        if parts.is_empty() {
+            parts.push("settings changed".into());
+        }
+        f.write_str(&parts.join("; "))
+    }
+}
+
+/// The state of reloads, for the admin endpoint, metrics and `STATUS=`.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadStatus {
+    pub last_error: Option<String>,
+    pub last_error_at: Option<SystemTime>,
+    pub last_attempt_ok: bool,
+    pub reloads_failed: u64,
+}
+
+struct ListenerHandle {
+    kind: ListenerKind,
+    configured: SocketAddr,
+    bound: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    pub shared: Arc<Shared>,
+    ctx: Arc<ServerCtx>,
+    shutdown_tx: watch::Sender<bool>,
+    listeners: Mutex<Vec<ListenerHandle>>,
+    options: Options,
+    reload_lock: tokio::sync::Mutex<()>,
+    status: Mutex<ReloadStatus>,
+    started_at: Instant,
+}
+
+impl Gateway {
+    /// Loads the config and starts serving.
+    pub async fn start(options: Options) -> Result<Arc<Gateway>, StartError> {
+        let path = options.config_path.clone();
+        let env = options.env.clone();
+        let config = tokio::task::spawn_blocking(move || config::load(&path, &env))
+            .await
+            .map_err(|e| StartError::Build(e.to_string()))??;
+        Gateway::start_with(config, options).await
+    }
+
+    /// Starts serving an already loaded config.
+    pub async fn start_with(config: Config, options: Options) -> Result<Arc<Gateway>, StartError> {
+        for w in &config.warnings {
+            tracing::warn!("{w}");
+        }
+        let clients = ClientCache::default();
+        let snapshot =
+            Snapshot::build(Arc::new(config), 1, None, &clients).map_err(StartError::Build)?;
+        let server = snapshot.config.server.clone();
+        let shared = Arc::new(Shared::new(snapshot, clients));
+        let tls = crate::tls::server_config(shared.clone())
+            .map_err(|e| StartError::Build(e.to_string()))?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let ctx = Arc::new(ServerCtx {
+            shared: shared.clone(),
+            tls,
+            tracker: TaskTracker::new(),
+            shutdown: shutdown_rx,
+            limit: Arc::new(Semaphore::new(server.max_connections)),
+        });
+        let gw = Arc::new(Gateway {
+            shared,
+            ctx,
+            shutdown_tx,
+            listeners: Mutex::new(Vec::new()),
+            options,
+            reload_lock: tokio::sync::Mutex::new(()),
+            status: Mutex::new(ReloadStatus {
+                last_attempt_ok: true,
+                ..Default::default()
+            }),
+            started_at: Instant::now(),
+        });
+        let mut wanted: Vec<(ListenerKind, SocketAddr)> = server
+            .http
+            .iter()
+            .map(|a| (ListenerKind::Http, *a))
+            .collect();
+        wanted.extend(server.https.iter().map(|a| (ListenerKind::Https, *a)));
+        for (kind, addr) in wanted {
+            let listener = server::bind(addr).map_err(|source| StartError::Bind {
+                addr,
+                what: if kind == ListenerKind::Http {
+                    "server.http"
+                } else {
+                    "server.https"
+                },
+                help: bind_help(&source, addr),
+                source,
+            })?;
+            gw.spawn_listener(kind, addr, listener);
+        }
+        for l in gw
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            tracing::info!(kind = ?l.kind, addr = %l.bound, "listening");
+        }
+        Ok(gw)
+    }
+
+    fn spawn_listener(
+        &self,
+        kind: ListenerKind,
+        configured: SocketAddr,
+        listener: tokio::net::TcpListener,
+    ) {
+        let bound = listener.local_addr().unwrap_or(configured);
+        let (stop, stop_rx) = watch::channel(false);
+        tokio::spawn(server::accept_loop(
+            listener,
+            kind,
+            self.ctx.clone(),
+            stop_rx,
+        ));
+        self.listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(ListenerHandle {
+                kind,
+                configured,
+                bound,
+                stop,
+            });
+    }
+
+    /// The bound addresses of one kind of listener (with the real port when the config said 0).
+    pub fn addrs(&self, kind: ListenerKind) -> Vec<SocketAddr> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|l| l.kind == kind)
+            .map(|l| l.bound)
+            .collect()
+    }
+
+    pub fn http_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs(ListenerKind::Http)
+    }
+
+    pub fn https_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs(ListenerKind::Https)
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.shared.load().generation
+    }
+
+    pub fn status(&self) -> ReloadStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started_at.elapsed()
+    }
+
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.options.config_path
+    }
+
+    /// Re-reads the config file; on success swaps the new snapshot in, on failure keeps the old
+    /// one. Reloads never run concurrently.
+    pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let started = Instant::now();
+        let prev = self.shared.load();
+        let result = self.build_next(&prev).await;
+        let result = match result {
+            Ok(next) => self.swap(prev, next, started),
+            Err(e) => Err(e),
+        };
+        let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        match &result {
+            Ok(_) => {
+                st.last_attempt_ok = true;
+            }
+            Err(e) => {
+                st.last_attempt_ok = false;
+                st.last_error = Some(e.summary());
+                st.last_error_at = Some(SystemTime::now());
+                st.reloads_failed += 1;
+            }
+        }
+        result
+    }
+
+    async fn build_next(&self, prev: &Arc<Snapshot>) -> Result<Snapshot, ReloadError> {
+        let path = self.options.config_path.clone();
+        let env = self.options.env.clone();
+        let shared = self.shared.clone();
+        let prev2 = prev.clone();
+        tokio::task::spawn_blocking(move || -> Result<Snapshot, ReloadError> {
+            let config = config::load(&path, &env)?;
+            Snapshot::build(
+                Arc::new(config),
+                prev2.generation + 1,
+                Some(&prev2),
+                &shared.clients,
+            )
+            .map_err(ReloadError::Build)
+        })
+        .await
+        .map_err(|e| ReloadError::Build(e.to_string()))?
+    }
+
+    fn swap(
+        &self,
+        prev: Arc<Snapshot>,
+        next: Snapshot,
+        started: Instant,
+    ) -> Result<ReloadReport, ReloadError> {
+        // Bind new listeners before the swap: if one cannot be bound the reload fails whole.
+        let server = &next.config.server;
+        let mut wanted: Vec<(ListenerKind, SocketAddr)> = server
+            .http
+            .iter()
+            .map(|a| (ListenerKind::Http, *a))
+            .collect();
+        wanted.extend(server.https.iter().map(|a| (ListenerKind::Https, *a)));
+        let mut fresh = Vec::new();
+        {
+            let current = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+            for (kind, addr) in &wanted {
+                if !current
+                    .iter()
+                    .any(|l| l.kind == *kind && l.configured == *addr)
+                {
+                    let l = server::bind(*addr).map_err(|source| ReloadError::Bind {
+                        addr: *addr,
+                        source,
+                    })?;
+                    fresh.push((*kind, *addr, l));
+                }
+            }
+        }
+        let mut report = diff(&prev, &next);
+        report.generation = next.generation;
+        for w in &next.config.warnings {
+            tracing::warn!("{w}");
+        }
+        self.shared.store(Arc::new(next));
+        for (kind, addr, l) in fresh {
+            report.listeners_added.push(l.local_addr().unwrap_or(addr));
+            self.spawn_listener(kind, addr, l);
+        }
+        let mut current = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        current.retain(|l| {
+            let keep = wanted
+                .iter()
+                .any(|(k, a)| *k == l.kind && *a == l.configured);
+            if !keep {
+                let _ = l.stop.send(true);
+                report.listeners_removed.push(l.bound);
+            }
+            keep
+        });
+        report.unchanged = report
+            == ReloadReport {
+                generation: report.generation,
+                ..Default::default()
+            }
+            && prev.config.hash == self.shared.load().config.hash;
+        report.millis = started.elapsed().as_millis();
+        Ok(report)
+    }
+
+    /// Stops accepting, lets in-flight requests finish within `grace`, then returns.
+    /// Returns false when connections were still open at the deadline.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        let _ = self.shutdown_tx.send(true);
+        for l in self
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = l.stop.send(true);
+        }
+        self.ctx.tracker.close();
+        tokio::time::timeout(grace, self.ctx.tracker.wait())
+            .await
+            .is_ok()
+    }
+
+    /// The configured shutdown grace.
+    pub fn shutdown_grace(&self) -> Duration {
+        self.shared.load().config.server.shutdown_grace
+    }
+}
+
+fn bind_help(e: &std::io::Error, addr: SocketAddr) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "another process already listens there (is nginx still running? `ss -ltnp` shows who)"
+        }
+        std::io::ErrorKind::PermissionDenied if addr.port() < 1024 => {
+            "ports below 1024 need CAP_NET_BIND_SERVICE (the systemd unit grants it) or root"
+        }
+        std::io::ErrorKind::AddrNotAvailable => "this machine has no such address",
+        _ => "check the address in the config",
+    }
+}
+
+/// What changed between two snapshots, by site name and route id.
+fn diff(prev: &Snapshot, next: &Snapshot) -> ReloadReport {
+    let mut r = ReloadReport::default();
+    let sites = |s: &Snapshot| -> HashMap<String, String> {
+        s.config
+            .sites
+            .iter()
+            .map(|x| {
+                (
+                    x.name.clone(),
+                    format!(
+                        "{:?}{:?}{:?}{:?}{}",
+                        x.hosts,
+                        x.default,
+                        x.hsts,
+                        x.redirect_https,
+                        x.tls.is_some()
+                    ),
+                )
+            })
+            .collect()
+    };
+    let routes = |s: &Snapshot| -> HashMap<String, String> {
+        s.config
+            .sites
+            .iter()
+            .flat_map(|x| x.routes.iter())
+            .map(|rt| {
+                (
+                    rt.id.clone(),
+                    format!("{:?}{:?}{:?}", rt.matcher, rt.target, rt.options),
+                )
+            })
+            .collect()
+    };
+    let (a, b) = (sites(prev), sites(next));
+    compare(
+        &a,
+        &b,
+        &mut r.sites_added,
+        &mut r.sites_removed,
+        &mut r.sites_changed,
+    );
+    let (a, b) = (routes(prev), routes(next));
+    compare(
+        &a,
+        &b,
+        &mut r.routes_added,
+        &mut r.routes_removed,
+        &mut r.routes_changed,
+    );
+    r
+}
+
+fn compare(
+    a: &HashMap<String, String>,
+    b: &HashMap<String, String>,
+    added: &mut Vec<String>,
+    removed: &mut Vec<String>,
+    changed: &mut Vec<String>,
+) {
+    for (k, v) in b {
+        match a.get(k) {
+            None => added.push(k.clone()),
+            Some(old) if old != v => changed.push(k.clone()),
+            _ => {}
+        }
+    }
+    for k in a.keys() {
+        if !b.contains_key(k) {
+            removed.push(k.clone());
+        }
+    }
+    added.sort();
+    removed.sort();
+    changed.sort();
+}
+
+/// Runs the gateway until SIGTERM or SIGINT; SIGHUP reloads the config file.
+pub async fn run(config: Config, options: Options) -> Result<(), StartError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let gw = Gateway::start_with(config, options).await?;
+    let sig = |k: SignalKind| {
+        signal(k).map_err(|e| StartError::Build(format!("cannot install a signal handler: {e}")))
+    };
+    let mut term = sig(SignalKind::terminate())?;
+    let mut int = sig(SignalKind::interrupt())?;
+    let mut hup = sig(SignalKind::hangup())?;
+    tracing::info!(generation = gw.generation(), "gatehouse started");
+    let name = loop {
+        tokio::select! {
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+            _ = hup.recv() => {
+                match gw.reload().await {
+                    Ok(r) => tracing::info!(generation = r.generation, ms = r.millis as u64, changes = %r, "configuration reloaded (SIGHUP)"),
+                    Err(e) => tracing::error!(error = %e.summary(), "reload failed (SIGHUP); still serving the previous configuration"),
+                }
+            }
+        }
+    };
+    let grace = gw.shutdown_grace();
+    tracing::info!(
+        signal = name,
+        grace_ms = grace.as_millis() as u64,
+        "shutting down: no new connections, finishing requests in flight"
+    );
+    if gw.shutdown(grace).await {
+        tracing::info!("all connections closed; bye");
+    } else {
+        tracing::warn!("shutdown grace elapsed with connections still open; closing them");
+    }
+    Ok(())
+}

@@ -1,0 +1,575 @@
+//! Header rules for proxied requests and responses.
+//!
+//! Pure functions over `HeaderMap`, each one a rule an operator can name:
+//! - hop-by-hop headers never cross the proxy (RFC 9110 §7.6.1), the names listed in
+//!   `Connection` removed *before* `Connection` itself, `TE: trailers` kept (gRPC needs it);
+//! - `X-Forwarded-*` and `X-Real-IP` believed only from trusted proxies, otherwise replaced
+//!   (an untrusted client must not choose the IP an app rate-limits on);
+//! - header names with `_` dropped on app routes, as nginx does: Rack, WSGI and CGI turn `-` and
+//!   `_` into the same variable, so `X_Forwarded_For` would override the real `X-Forwarded-For`;
+//! - `Clerk-Secret-Key` and `Clerk-Proxy-Url` from clients are removed on every route;
+//! - the per-route `set`/`add`/`remove` operations.
+//!
+//! Nothing here allocates per request beyond the values it writes, and nothing can panic on a
+//! header a client controls (non-UTF-8 values are handled as bytes).
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub static CLERK_SECRET_KEY: HeaderName = HeaderName::from_static("clerk-secret-key");
+pub static CLERK_PROXY_URL: HeaderName = HeaderName::from_static("clerk-proxy-url");
+pub static CF_CONNECTING_IP: HeaderName = HeaderName::from_static("cf-connecting-ip");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The fixed hop-by-hop set (RFC 9110 §7.6.1, plus the non-standard `Keep-Alive` and
+/// `Proxy-Connection` that old clients still send).
+fn hop_by_hop() -> [&'static HeaderName; 9] {
+    [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+    ]
+}
+
+/// Forwarding headers that only a trusted proxy may set; from anyone else they are dropped
+/// (the ones we set ourselves are then written fresh).
+fn forwarding_headers_from_untrusted() -> [&'static str; 8] {
+    [
+        "forwarded",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-forwarded-ssl",
+        "x-forwarded-scheme",
+        "x-forwarded-server",
+        "cf-connecting-ip",
+        "true-client-ip",
+    ]
+}
+
+/// What [`strip_hop_by_hop`] found before removing it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct HopInfo {
+    /// `TE` listed `trailers`; the caller re-adds `TE: trailers` upstream.
+    pub te_trailers: bool,
+    /// `Connection: upgrade` together with an `Upgrade` header (RFC 9110 §7.8).
+    pub upgrade: Option<HeaderValue>,
+}
+
+/// True when a comma-separated header value lists `token` (case-insensitive, whitespace trimmed).
+pub fn has_token(value: &HeaderValue, token: &str) -> bool {
+    value
+        .as_bytes()
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// Removes hop-by-hop headers: first every name listed in `Connection`, then the fixed set.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> HopInfo {
+    let mut info = HopInfo {
+        te_trailers: headers
+            .get_all(header::TE)
+            .iter()
+            .any(|v| has_token(v, "trailers")),
+        upgrade: None,
+    };
+    let connection_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|v| has_token(v, "upgrade"));
+    if connection_upgrade {
+        info.upgrade = headers.get(header::UPGRADE).cloned();
+    }
+    // Names listed in Connection (RFC 9110 §7.6.1). Collected first: we cannot remove while
+    // borrowing the Connection values.
+    let mut listed: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.is_empty() {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token) {
+                listed.push(name);
+            }
+        }
+    }
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in hop_by_hop() {
+        headers.remove(name);
+    }
+    info
+}
+
+/// Drops header names containing `_` (nginx's `underscores_in_headers off`).
+pub fn drop_underscore_headers(headers: &mut HeaderMap) {
+    if !headers.keys().any(|k| k.as_str().contains('_')) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+/// Removes `Clerk-Secret-Key` and `Clerk-Proxy-Url` sent by a client: only the Clerk route may
+/// set them, and an app backend must never see a secret it did not expect.
+pub fn drop_clerk_headers(headers: &mut HeaderMap) {
+    headers.remove(&CLERK_SECRET_KEY);
+    headers.remove(&CLERK_PROXY_URL);
+}
+
+/// The set of peers whose forwarding headers are believed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    pub fn new(nets: Vec<IpNet>) -> Self {
+        TrustedProxies(nets)
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|n| n.contains(&ip))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn nets(&self) -> &[IpNet] {
+        &self.0
+    }
+}
+
+/// The end user's address: the socket peer, or, when the peer is a trusted proxy, the rightmost
+/// `X-Forwarded-For` entry that is not itself a trusted proxy (nginx's `real_ip_recursive on`).
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpAddr {
+    let peer = peer.to_canonical();
+    if !trusted.contains(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let values: Vec<&HeaderValue> = headers.get_all(&X_FORWARDED_FOR).iter().collect();
+    for value in values.iter().rev() {
+        let Ok(text) = value.to_str() else {
+            return client;
+        };
+        for entry in text.rsplit(',') {
+            let Some(ip) = parse_forwarded_ip(entry) else {
+                return client;
+            };
+            client = ip;
+            if !trusted.contains(ip) {
+                return client;
+            }
+        }
+    }
+    client
+}
+
+/// Parses one `X-Forwarded-For` entry: `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1`, `[2001:db8::1]:80`.
+pub fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
+    let e = entry.trim();
+    if let Ok(ip) = e.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    if let Some(rest) = e.strip_prefix('[') {
+        return rest.split(']').next()?.parse::<IpAddr>().ok();
+    }
+    e.rsplit_once(':')
+        .and_then(|(ip, _)| ip.parse::<std::net::Ipv4Addr>().ok())
+        .map(IpAddr::V4)
+}
+
+/// What the proxy knows about the hop it received the request on.
+#[derive(Debug, Clone, Copy)]
+pub struct Hop<'a> {
+    pub peer: IpAddr,
+    pub peer_trusted: bool,
+    pub client_ip: IpAddr,
+    /// `http` or `https`: the listener's scheme.
+    pub proto: &'static str,
+    /// The Host the client asked for, as received.
+    pub host: &'a str,
+}
+
+/// Writes `X-Forwarded-For`, `-Proto`, `-Host`, `X-Real-IP` and, when a prefix was stripped,
+/// `X-Forwarded-Prefix`. From a trusted peer the chain is extended and existing values kept;
+/// from anyone else every forwarding header is replaced.
+pub fn set_forwarding_headers(headers: &mut HeaderMap, hop: &Hop<'_>, stripped: Option<&str>) {
+    let peer = hop.peer.to_canonical();
+    let mut ip_buf = String::with_capacity(48);
+    if hop.peer_trusted {
+        let mut chain = String::new();
+        for v in headers.get_all(&X_FORWARDED_FOR) {
+            if let Ok(s) = v.to_str() {
+                let s = s.trim();
+                if !s.is_empty() {
+                    if !chain.is_empty() {
+                        chain.push_str(", ");
+                    }
+                    chain.push_str(s);
+                }
+            }
+        }
+        if !chain.is_empty() {
+            chain.push_str(", ");
+        }
+        push_ip(&mut chain, peer);
+        insert_str(headers, &X_FORWARDED_FOR, &chain);
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(hop.proto));
+        }
+        if !headers.contains_key(&X_FORWARDED_HOST) {
+            insert_str(headers, &X_FORWARDED_HOST, hop.host);
+        }
+        if !headers.contains_key(&X_REAL_IP) {
+            push_ip(&mut ip_buf, hop.client_ip);
+            insert_str(headers, &X_REAL_IP, &ip_buf);
+        }
+        if let Some(prefix) = stripped {
+            let combined = match headers
+                .get(&X_FORWARDED_PREFIX)
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(outer) => format!("{}{prefix}", outer.trim_end_matches('/')),
+                None => prefix.to_owned(),
+            };
+            insert_str(headers, &X_FORWARDED_PREFIX, &combined);
+        }
+    } else {
+        for name in forwarding_headers_from_untrusted() {
+            headers.remove(name);
+        }
+        push_ip(&mut ip_buf, peer);
+        insert_str(headers, &X_FORWARDED_FOR, &ip_buf);
+        insert_str(headers, &X_REAL_IP, &ip_buf);
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(hop.proto));
+        insert_str(headers, &X_FORWARDED_HOST, hop.host);
+        if let Some(prefix) = stripped {
+            insert_str(headers, &X_FORWARDED_PREFIX, prefix);
+        }
+    }
+}
+
+fn push_ip(buf: &mut String, ip: IpAddr) {
+    use std::fmt::Write;
+    let _ = write!(buf, "{ip}");
+}
+
+/// Inserts a value built from strings that came from valid header values or from us; falls back
+/// to dropping the header rather than panicking if it somehow is not a valid value.
+fn insert_str(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
+    match HeaderValue::from_str(value) {
+        Ok(v) => {
+            headers.insert(name, v);
+        }
+        Err(_) => {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Per-route header edits, compiled at load.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderOps {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderOps {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// Applies `remove`, then `set` (replacing every value), then `add` (appending).
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn trusted(nets: &[&str]) -> TrustedProxies {
+        TrustedProxies::new(nets.iter().map(|n| n.parse().unwrap()).collect())
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn fixed_hop_by_hop_headers_are_removed() {
+        let mut h = map(&[
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("trailer", "x"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-authenticate", "Basic"),
+            ("user-agent", "curl"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("user-agent"));
+    }
+
+    #[test]
+    fn headers_listed_in_connection_are_removed_rfc9110_7_6_1() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Custom-Hop"),
+            ("x-custom-hop", "1"),
+            ("x-other", "2"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert!(!h.contains_key("x-custom-hop"));
+        assert!(h.contains_key("x-other"));
+    }
+
+    #[test]
+    fn connection_tokens_are_case_insensitive_and_trimmed() {
+        let mut h = map(&[("connection", " X-A ,,x-b"), ("x-a", "1"), ("x-b", "2")]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn several_connection_headers_all_count() {
+        let mut h = map(&[
+            ("connection", "x-a"),
+            ("connection", "x-b"),
+            ("x-a", "1"),
+            ("x-b", "2"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn garbage_connection_tokens_do_not_panic() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"\xff\xfe, (bad)").unwrap(),
+        );
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn te_trailers_is_reported_for_reinsertion() {
+        let mut h = map(&[("te", "gzip, trailers")]);
+        assert!(strip_hop_by_hop(&mut h).te_trailers);
+        assert!(!h.contains_key("te"));
+        let mut h = map(&[("te", "gzip")]);
+        assert!(!strip_hop_by_hop(&mut h).te_trailers);
+    }
+
+    #[test]
+    fn an_upgrade_needs_connection_upgrade() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert_eq!(
+            strip_hop_by_hop(&mut h).upgrade,
+            Some(HeaderValue::from_static("websocket"))
+        );
+        let mut h = map(&[("upgrade", "websocket")]);
+        assert_eq!(strip_hop_by_hop(&mut h).upgrade, None);
+    }
+
+    #[test]
+    fn underscore_headers_are_dropped() {
+        let mut h = map(&[
+            ("x_forwarded_for", "1.2.3.4"),
+            ("x-forwarded-for", "5.6.7.8"),
+        ]);
+        drop_underscore_headers(&mut h);
+        assert!(!h.contains_key("x_forwarded_for"));
+        assert!(h.contains_key("x-forwarded-for"));
+    }
+
+    #[test]
+    fn clerk_headers_from_clients_are_dropped() {
+        let mut h = map(&[
+            ("clerk-secret-key", "sk_live_x"),
+            ("clerk-proxy-url", "https://evil"),
+        ]);
+        drop_clerk_headers(&mut h);
+        assert!(h.is_empty());
+    }
+
+    fn hop<'a>(peer: &str, trusted_peer: bool, client: &str) -> Hop<'a> {
+        Hop {
+            peer: ip(peer),
+            peer_trusted: trusted_peer,
+            client_ip: ip(client),
+            proto: "http",
+            host: "app.example.com",
+        }
+    }
+
+    #[test]
+    fn untrusted_peer_replaces_forwarding_headers() {
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.com"),
+            ("x-real-ip", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+        ]);
+        set_forwarding_headers(&mut h, &hop("10.0.0.1", false, "10.0.0.1"), None);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "app.example.com");
+        assert_eq!(h["x-real-ip"], "10.0.0.1");
+        assert!(!h.contains_key("forwarded"));
+    }
+
+    #[test]
+    fn trusted_peer_extends_the_chain_and_keeps_values() {
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "public.example.com"),
+        ]);
+        set_forwarding_headers(&mut h, &hop("127.0.0.1", true, "2.2.2.2"), None);
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "public.example.com");
+        assert_eq!(h["x-real-ip"], "2.2.2.2");
+    }
+
+    #[test]
+    fn stripped_prefix_is_announced() {
+        let mut h = HeaderMap::new();
+        set_forwarding_headers(&mut h, &hop("10.0.0.1", false, "10.0.0.1"), Some("/api"));
+        assert_eq!(h["x-forwarded-prefix"], "/api");
+    }
+
+    #[test]
+    fn untrusted_prefix_is_not_kept() {
+        let mut h = map(&[("x-forwarded-prefix", "/evil")]);
+        set_forwarding_headers(&mut h, &hop("10.0.0.1", false, "10.0.0.1"), None);
+        assert!(!h.contains_key("x-forwarded-prefix"));
+    }
+
+    #[test]
+    fn client_ip_is_the_peer_when_untrusted() {
+        let h = map(&[("x-forwarded-for", "1.1.1.1")]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted(&[])), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn client_ip_walks_back_over_trusted_hops() {
+        let h = map(&[("x-forwarded-for", "9.9.9.9, 1.1.1.1, 10.0.0.2")]);
+        let t = trusted(&["10.0.0.0/8"]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &t), ip("1.1.1.1"));
+    }
+
+    #[test]
+    fn client_ip_stops_at_garbage() {
+        let h = map(&[("x-forwarded-for", "not-an-ip, 10.0.0.2")]);
+        let t = trusted(&["10.0.0.0/8"]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &t), ip("10.0.0.2"));
+    }
+
+    #[test]
+    fn mapped_ipv4_peers_match_ipv4_nets() {
+        let t = trusted(&["127.0.0.1/32"]);
+        assert!(t.contains(ip("::ffff:127.0.0.1")));
+    }
+
+    #[test]
+    fn forwarded_ip_entries_may_carry_ports() {
+        assert_eq!(parse_forwarded_ip(" 1.2.3.4:5678 "), Some(ip("1.2.3.4")));
+        assert_eq!(
+            parse_forwarded_ip("[2001:db8::1]:80"),
+            Some(ip("2001:db8::1"))
+        );
+        assert_eq!(parse_forwarded_ip("2001:db8::1"), Some(ip("2001:db8::1")));
+        assert_eq!(parse_forwarded_ip("unknown"), None);
+    }
+
+    #[test]
+    fn header_ops_remove_then_set_then_add() {
+        let ops = HeaderOps {
+            set: vec![(
+                HeaderName::from_static("x-a"),
+                HeaderValue::from_static("set"),
+            )],
+            add: vec![(
+                HeaderName::from_static("x-b"),
+                HeaderValue::from_static("added"),
+            )],
+            remove: vec![HeaderName::from_static("x-c")],
+        };
+        let mut h = map(&[
+            ("x-a", "old1"),
+            ("x-a", "old2"),
+            ("x-b", "kept"),
+            ("x-c", "gone"),
+        ]);
+        ops.apply(&mut h);
+        assert_eq!(h.get_all("x-a").iter().count(), 1);
+        assert_eq!(h["x-a"], "set");
+        assert_eq!(h.get_all("x-b").iter().count(), 2);
+        assert!(!h.contains_key("x-c"));
+    }
+
+    #[test]
+    fn set_cookie_values_stay_separate_through_header_ops() {
+        let ops = HeaderOps {
+            add: vec![(header::SET_COOKIE, HeaderValue::from_static("c=3"))],
+            ..Default::default()
+        };
+        let mut h = map(&[("set-cookie", "a=1"), ("set-cookie", "b=2")]);
+        strip_hop_by_hop(&mut h);
+        ops.apply(&mut h);
+        let cookies: Vec<_> = h.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2", "c=3"]);
+    }
+}

@@ -1,0 +1,43 @@
+//! Gatehouse: an HTTP gateway driven by one TOML routes file.
+//!
+//! It maps domains and path prefixes to app backends (reverse proxy), to redirects, fixed
+//! responses, static files, or a built-in proxy for Clerk's Frontend API; serves a certificate per
+//! domain; and swaps in a new version of the file when it changes, without dropping a request.
+//!
+//! # Layout
+//!
+//! The request path reads top to bottom:
+//!
+//! - [`server`]: listeners and connections (accept, TLS handshake, HTTP/1.1 and HTTP/2, client
+//!   timeouts, graceful drain);
+//! - [`proxy`]: the service: host → site → path → route → target → response fixups;
+//! - [`router`] and [`path`]: pure lookup and path normalization;
+//! - [`headers`]: pure header rules (hop-by-hop, forwarding, trust);
+//! - [`upstream`]: pooled clients and backend choice; [`clerk`], [`static_files`]: the other
+//!   targets; [`body`]: body types; [`error`]: errors and their status codes.
+//!
+//! Around it: [`config`] (the file → a typed `Config`), [`state`] (a `Config` → the immutable
+//! `Snapshot` requests read), [`gateway`] (start, reload, shutdown), [`tls`] (certificates and
+//! handshakes), [`cli`] (commands).
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod body;
+pub mod clerk;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod headers;
+pub mod path;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod state;
+pub mod static_files;
+pub mod template;
+pub mod tls;
+pub mod upstream;
+
+pub use gateway::{Gateway, Options};

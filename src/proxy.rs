@@ -1,0 +1,551 @@
+//! The request path, as one straight line: host → site → path → route → target → response fixups.
+//!
+//! [`serve`] is the hyper service of every connection. It loads the current snapshot once, runs
+//! [`handle`], turns any [`ProxyError`] into a short response (one log line), and hooks the
+//! response body's end to the connection's idle tracking. It never returns an error to hyper.
+//!
+//! The upstream call itself ([`forward`]) is shared by app routes and the Clerk route: backend
+//! choice and failover, the response timeout (which starts once the request body is fully sent,
+//! so a slow upload is not a slow backend), and error classification.
+//!
+//! This module must not parse config or hold state across requests; it reads the snapshot.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::{Body as _, Incoming};
+use hyper_util::rt::TokioIo;
+use tokio::sync::oneshot;
+
+use crate::body::{Body, RequestBodyStats, UpstreamBody};
+use crate::config::HostPolicy;
+use crate::error::ProxyError;
+use crate::headers::{self, Hop};
+use crate::router::normalize_host;
+use crate::server::{Activity, ActivityGuard};
+use crate::state::{Route, Shared, Snapshot, Target};
+use crate::template::Vars;
+use crate::upstream::{Backend, FailureKind, Upstream, classify};
+
+/// What the proxy knows about the connection a request arrived on.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: bool,
+    /// The TLS server name, lowercased, when the client sent one.
+    pub sni: Option<Box<str>>,
+    pub activity: Arc<Activity>,
+}
+
+impl ConnInfo {
+    pub fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
+}
+
+/// Per-request facts computed once and shared by every step.
+pub(crate) struct Ctx<'a> {
+    pub conn: &'a ConnInfo,
+    pub snap: &'a Snapshot,
+    /// The Host (or `:authority`) as the client sent it, port included.
+    pub host: HeaderValue,
+    /// The host name lowercased, without port.
+    pub host_name: String,
+    pub client_ip: IpAddr,
+    pub peer_trusted: bool,
+}
+
+impl Ctx<'_> {
+    pub fn host_str(&self) -> &str {
+        self.host.to_str().unwrap_or("")
+    }
+
+    pub fn hop(&self) -> Hop<'_> {
+        Hop {
+            peer: self.conn.peer.ip(),
+            peer_trusted: self.peer_trusted,
+            client_ip: self.client_ip,
+            proto: self.conn.scheme(),
+            host: self.host_str(),
+        }
+    }
+}
+
+/// The hyper service: never fails, always answers.
+pub async fn serve(
+    req: Request<Incoming>,
+    conn: Arc<ConnInfo>,
+    shared: Arc<Shared>,
+) -> Result<Response<Body>, Infallible> {
+    let guard = ActivityGuard::begin(&conn.activity);
+    let started = Instant::now();
+    let snap = shared.load();
+    let is_h1 = req.version() <= Version::HTTP_11;
+    let method = req.method().clone();
+    let mut route_id: Option<Arc<str>> = None;
+    let mut resp = match handle(req, &conn, &snap, &mut route_id).await {
+        Ok(r) => r,
+        Err(e) => {
+            if e.is_client_error() {
+                tracing::debug!(peer = %conn.peer, %method, route = route_id.as_deref().unwrap_or("-"), status = e.status().as_u16(), error = %e, "request refused");
+            } else {
+                tracing::warn!(peer = %conn.peer, %method, route = route_id.as_deref().unwrap_or("-"), status = e.status().as_u16(), error = %e, "request failed");
+            }
+            error_response(&e, is_h1)
+        }
+    };
+    let _ = started;
+    resp.body_mut()
+        .on_complete(Box::new(move |_outcome| drop(guard)));
+    Ok(resp)
+}
+
+/// A short plain-text error response. On HTTP/1, a 413 also closes the connection so the unread
+/// body is not parsed as the next request.
+pub fn error_response(e: &ProxyError, is_h1: bool) -> Response<Body> {
+    let status = e.status();
+    let text = format!(
+        "{} {}: {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        e.public_message()
+    );
+    let mut r = Response::new(Body::full(text));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if is_h1
+        && matches!(
+            e,
+            ProxyError::BodyTooLarge(_)
+                | ProxyError::BadPath(_)
+                | ProxyError::BadHost
+                | ProxyError::MissingHost
+        )
+    {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+    snap: &Snapshot,
+    route_id: &mut Option<Arc<str>>,
+) -> Result<Response<Body>, ProxyError> {
+    // Host: the h2 `:authority` (or an absolute-form target) wins over the Host header
+    // (RFC 9110 §7.2, RFC 9112 §3.2.2).
+    let host = match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::BadHost)?,
+        None => match req.headers().get(header::HOST) {
+            Some(h) => h.clone(),
+            None if req.version() == Version::HTTP_11 => return Err(ProxyError::MissingHost),
+            None => HeaderValue::from_static(""),
+        },
+    };
+    let host_name = match host.to_str().ok().filter(|s| !s.is_empty()) {
+        Some(h) => normalize_host(h)
+            .map_err(|_| ProxyError::BadHost)?
+            .into_owned(),
+        None if host.is_empty() => String::new(),
+        None => return Err(ProxyError::BadHost),
+    };
+    let site_idx = snap.hosts.lookup(&host_name).ok_or(ProxyError::NoSite)?;
+    let site = &snap.sites[site_idx];
+
+    // A TLS connection serves the site its SNI chose, and no other (RFC 9110 §15.5.20).
+    if let Some(sni) = &conn.sni {
+        if snap.tls_site(Some(sni)) != Some(site_idx) {
+            return Err(ProxyError::Misdirected);
+        }
+    }
+
+    let peer_trusted = snap.trusted.contains(conn.peer.ip());
+    let client_ip = headers::client_ip(conn.peer.ip(), req.headers(), &snap.trusted);
+    let cx = Ctx {
+        conn,
+        snap,
+        host,
+        host_name,
+        client_ip,
+        peer_trusted,
+    };
+
+    if site.redirect_https && !conn.tls {
+        return Ok(redirect_to_https(&cx, req.uri()));
+    }
+
+    let normalized = crate::path::normalize(req.uri().path())?;
+    let (route, prefix) = site
+        .routes
+        .lookup(&normalized.path)
+        .ok_or(ProxyError::NoRoute)?;
+    *route_id = Some(route.id.clone());
+    let route = route.clone();
+    let prefix = prefix.to_owned();
+    let ambiguous = normalized.ambiguous;
+    let stripped = normalized.path.get(prefix.len()..).map(str::to_owned);
+    drop(normalized);
+
+    let mut resp = dispatch(req, &cx, &route, &prefix, stripped, ambiguous).await?;
+
+    route.options.response_headers.apply(resp.headers_mut());
+    if let (true, Some(hsts)) = (conn.tls, &site.hsts) {
+        resp.headers_mut()
+            .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
+    Ok(resp)
+}
+
+/// Runs a route's target. Static routes call back into this for their fallback route.
+pub(crate) async fn dispatch(
+    req: Request<Incoming>,
+    cx: &Ctx<'_>,
+    route: &Arc<Route>,
+    prefix: &str,
+    stripped: Option<String>,
+    ambiguous: bool,
+) -> Result<Response<Body>, ProxyError> {
+    match &route.target {
+        Target::Respond(r) => {
+            let mut resp = Response::new(Body::full(r.body.clone()));
+            *resp.status_mut() = r.status;
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, r.content_type.clone());
+            Ok(resp)
+        }
+        Target::Redirect(r) => {
+            let (path, query) = (req.uri().path(), req.uri().query());
+            let location = r.to.render(&Vars {
+                scheme: cx.conn.scheme(),
+                host: &cx.host_name,
+                path,
+                query,
+            });
+            redirect(r.status, &location)
+        }
+        Target::Upstream(up) => {
+            if ambiguous && !route.options.allow_encoded_slashes {
+                return Err(ProxyError::AmbiguousPath);
+            }
+            to_upstream(req, cx, route, up, prefix, stripped).await
+        }
+        Target::Clerk(c) => {
+            Ok(
+                crate::clerk::handle(req, cx, route, c, prefix, stripped.as_deref().unwrap_or(""))
+                    .await,
+            )
+        }
+        Target::Static(s) => {
+            crate::static_files::handle(req, cx, route, s, prefix, stripped, ambiguous).await
+        }
+    }
+}
+
+fn redirect(status: StatusCode, location: &str) -> Result<Response<Body>, ProxyError> {
+    let value = HeaderValue::from_str(location).map_err(|_| {
+        ProxyError::Internal(format!(
+            "redirect target {location:?} is not a valid header"
+        ))
+    })?;
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::LOCATION, value);
+    Ok(resp)
+}
+
+fn redirect_to_https(cx: &Ctx<'_>, uri: &Uri) -> Response<Body> {
+    let port = match cx.snap.https_port {
+        Some(443) | None => String::new(),
+        Some(p) => format!(":{p}"),
+    };
+    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let location = format!("https://{}{port}{pq}", cx.host_name);
+    redirect(StatusCode::PERMANENT_REDIRECT, &location).unwrap_or_else(|e| error_response(&e, true))
+}
+
+/// The size of a header block as nginx and hyper count it: name, value, and 4 bytes of framing.
+fn header_bytes(h: &HeaderMap) -> u64 {
+    h.iter()
+        .map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64)
+        .sum()
+}
+
+async fn to_upstream(
+    mut req: Request<Incoming>,
+    cx: &Ctx<'_>,
+    route: &Route,
+    up: &Upstream,
+    prefix: &str,
+    stripped: Option<String>,
+) -> Result<Response<Body>, ProxyError> {
+    let opts = &route.options;
+    let server_limits = &cx.snap.config.server.limits;
+    if opts.limits.max_request_header_bytes < server_limits.max_request_header_bytes
+        && header_bytes(req.headers()) > opts.limits.max_request_header_bytes
+    {
+        return Err(ProxyError::HeadersTooLarge);
+    }
+    check_content_length(req.headers(), opts.limits.max_body)?;
+
+    // The path the backend gets: the original bytes, or the normalized rest after the prefix.
+    let strip = opts.strip_prefix && prefix != "/";
+    let mut pq = String::new();
+    if strip {
+        let rest = stripped.as_deref().unwrap_or("");
+        pq.push_str(if rest.is_empty() { "/" } else { rest });
+    } else {
+        pq.push_str(req.uri().path());
+    }
+    if let Some(q) = req.uri().query() {
+        pq.push('?');
+        pq.push_str(q);
+    }
+
+    let client_upgrade =
+        (req.version() <= Version::HTTP_11 && opts.websocket).then(|| hyper::upgrade::on(&mut req));
+
+    let (parts, body) = req.into_parts();
+    let mut h = parts.headers;
+    // An h2 client sends `:authority`, not Host: the h1 upstream needs a Host header.
+    if !h.contains_key(header::HOST) && !cx.host.is_empty() {
+        h.insert(header::HOST, cx.host.clone());
+    }
+    let hop = headers::strip_hop_by_hop(&mut h);
+    if !opts.allow_underscore_headers {
+        headers::drop_underscore_headers(&mut h);
+    }
+    headers::drop_clerk_headers(&mut h);
+    headers::set_forwarding_headers(&mut h, &cx.hop(), strip.then_some(prefix));
+    opts.request_headers.apply(&mut h);
+    if hop.te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    let upgrade = match (client_upgrade, hop.upgrade) {
+        (Some(on), Some(proto)) => {
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            h.insert(header::UPGRADE, proto);
+            Some(on)
+        }
+        _ => None,
+    };
+
+    let out = Outgoing {
+        method: parts.method,
+        path_and_query: pq,
+        headers: h,
+        host: match &opts.host {
+            HostPolicy::Keep => HostChoice::Keep,
+            HostPolicy::Upstream => HostChoice::Backend,
+            HostPolicy::Literal(v) => HostChoice::Fixed(v.clone()),
+        },
+        http2: opts.http2,
+    };
+    let (mut resp, backend) =
+        forward(up, out, body, opts.timeouts.response, opts.limits.max_body).await?;
+
+    if let Some(client_on) = upgrade {
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(splice_upgrade(client_on, resp, &backend));
+        }
+    }
+    headers::strip_hop_by_hop(resp.headers_mut());
+    Ok(resp.map(Body::incoming))
+}
+
+/// Refuses a declared body over the limit before reading any of it.
+pub(crate) fn check_content_length(h: &HeaderMap, max: u64) -> Result<(), ProxyError> {
+    if let Some(len) = h.get(header::CONTENT_LENGTH) {
+        let len: u64 = len
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if len > max {
+            return Err(ProxyError::BodyTooLarge(max));
+        }
+    }
+    Ok(())
+}
+
+/// Answers the client's upgrade with the backend's 101 and joins the two connections.
+fn splice_upgrade(
+    client_on: hyper::upgrade::OnUpgrade,
+    mut resp: Response<Incoming>,
+    backend: &Backend,
+) -> Response<Body> {
+    let upstream_on = hyper::upgrade::on(&mut resp);
+    let label = backend.label.clone();
+    tokio::spawn(async move {
+        let (client, upstream) = tokio::join!(client_on, upstream_on);
+        match (client, upstream) {
+            (Ok(c), Ok(u)) => {
+                let mut c = TokioIo::new(c);
+                let mut u = TokioIo::new(u);
+                match tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                    Ok((from_client, from_backend)) => {
+                        tracing::debug!(backend = %label, from_client, from_backend, "upgraded connection closed")
+                    }
+                    Err(e) => {
+                        tracing::debug!(backend = %label, error = %e, "upgraded connection ended with an error")
+                    }
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::debug!(backend = %label, error = %e, "upgrade did not complete")
+            }
+        }
+    });
+    // Keep Connection/Upgrade: they are the 101's meaning (RFC 9110 §15.2.2).
+    resp.map(|_| Body::empty())
+}
+
+/// How the upstream request's Host is set.
+pub(crate) enum HostChoice {
+    /// Leave the headers' Host as it is.
+    Keep,
+    /// The chosen backend's authority.
+    Backend,
+    Fixed(HeaderValue),
+}
+
+/// An upstream request before a backend is chosen.
+pub(crate) struct Outgoing {
+    pub method: Method,
+    /// Appended to the backend URL's own path.
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub host: HostChoice,
+    pub http2: bool,
+}
+
+/// Sends a request to one of `up`'s backends. Bodiless requests fail over to the next backend
+/// when a connection cannot even be made; requests with a body cannot be replayed, so they do not.
+pub(crate) async fn forward(
+    up: &Upstream,
+    mut out: Outgoing,
+    body: Incoming,
+    response_timeout: std::time::Duration,
+    max_body: u64,
+) -> Result<(Response<Incoming>, Arc<Backend>), ProxyError> {
+    let bodiless = body.is_end_stream();
+    let can_retry = bodiless && up.backends.len() > 1;
+    let mut body = Some(body);
+    let stats = Arc::new(RequestBodyStats::default());
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let backend = up.pick().ok_or(ProxyError::NoBackend)?.clone();
+        let mut h = if can_retry {
+            out.headers.clone()
+        } else {
+            std::mem::take(&mut out.headers)
+        };
+        match &out.host {
+            HostChoice::Keep => {}
+            HostChoice::Backend => {
+                if let Ok(v) = HeaderValue::from_str(backend.url.authority.as_str()) {
+                    h.insert(header::HOST, v);
+                }
+            }
+            HostChoice::Fixed(v) => {
+                h.insert(header::HOST, v.clone());
+            }
+        }
+        if out.http2 {
+            // HTTP/2 carries the authority in `:authority` (RFC 9113 §8.3.1).
+            h.remove(header::HOST);
+        }
+        let (finished_tx, finished_rx) = if bodiless {
+            (None, None)
+        } else {
+            let (t, r) = oneshot::channel();
+            (Some(t), Some(r))
+        };
+        let up_body = match body.take() {
+            Some(b) if !bodiless => UpstreamBody::new(b, max_body, stats.clone(), finished_tx),
+            _ => UpstreamBody::empty(),
+        };
+        let mut pq = String::with_capacity(backend.url.base_path.len() + out.path_and_query.len());
+        pq.push_str(&backend.url.base_path);
+        pq.push_str(&out.path_and_query);
+        let uri = Uri::builder()
+            .scheme(backend.scheme.clone())
+            .authority(backend.url.authority.clone())
+            .path_and_query(
+                PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq))
+                    .map_err(|_| ProxyError::BadPath(crate::path::PathError::BadEscape))?,
+            )
+            .build()
+            .map_err(|e| ProxyError::Internal(e.to_string()))?;
+        let mut req = Request::new(up_body);
+        *req.method_mut() = out.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = if out.http2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        *req.headers_mut() = h;
+
+        let timer = async {
+            if let Some(rx) = finished_rx {
+                let _ = rx.await;
+            }
+            tokio::time::sleep(response_timeout).await;
+        };
+        let result = tokio::select! {
+            r = up.client.request(req) => r,
+            _ = timer => {
+                return Err(ProxyError::UpstreamTimeout { backend: backend.label.clone(), timeout_ms: response_timeout.as_millis() });
+            }
+        };
+        match result {
+            Ok(resp) => return Ok((resp, backend)),
+            Err(e) => {
+                if stats.too_large.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(ProxyError::BodyTooLarge(max_body));
+                }
+                let kind = classify(&e);
+                if matches!(kind, FailureKind::Refused | FailureKind::ConnectTimeout) {
+                    up.mark_down(&backend);
+                }
+                if can_retry && kind.before_send() && attempts < up.backends.len() {
+                    tracing::debug!(backend = %backend.label, failure = kind.label(), "trying the next backend");
+                    continue;
+                }
+                return Err(ProxyError::Upstream {
+                    backend: backend.label.clone(),
+                    kind,
+                    detail: error_chain(&e),
+                });
+            }
+        }
+    }
+}
+
+/// The error and its causes on one line, for the log.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = inner.source();
+    }
+    s
+}

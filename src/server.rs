@@ -1,0 +1,397 @@
+//! Listeners and connections: accept, TLS handshake, HTTP/1.1 or HTTP/2, timeouts, drain.
+//!
+//! Each listener runs an accept loop that never dies on an error (EMFILE backs off and retries;
+//! a per-connection error is ignored), caps open connections with a semaphore, sets
+//! `TCP_NODELAY`, and spawns one task per connection. The task does the TLS handshake under a
+//! deadline, then serves HTTP/1.1 or HTTP/2 (chosen by ALPN, or by the h2c preface on plain
+//! listeners) with upgrades enabled.
+//!
+//! Client timeouts are ours, not hyper's, because hyper's header-read timer also starts while a
+//! keep-alive connection is idle, which would make `idle_timeout` and `header_read_timeout` the
+//! same number. [`Activity`] tracks, per connection, whether a request is in flight, when the
+//! connection went idle, and when the first byte of a new request head arrived; the connection
+//! task wakes at the next deadline and closes the connection if it passed.
+//!
+//! Shutdown: stop accepting, ask every connection to finish gracefully (HTTP/1 closes after the
+//! current response, HTTP/2 sends GOAWAY), wait for them up to `shutdown_grace`.
+//!
+//! This module must not look inside requests: it hands them to `proxy::serve`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+use crate::proxy::ConnInfo;
+use crate::state::Shared;
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Per-connection request activity, for the idle and header-read timeouts.
+#[derive(Debug)]
+pub struct Activity {
+    epoch: Instant,
+    in_flight: AtomicUsize,
+    /// ms since `epoch` when the connection last became idle.
+    idle_since: AtomicU64,
+    /// ms since `epoch` (+1) when the first byte of a request head arrived; 0 = none pending.
+    head_started: AtomicU64,
+    /// HTTP/2 frames arrive all the time; header-read tracking applies to HTTP/1 only.
+    h2: AtomicBool,
+    /// The first read (4+ bytes) has been looked at for the h2 preface.
+    seen: AtomicBool,
+}
+
+impl Activity {
+    pub fn new(h2: bool) -> Activity {
+        Activity {
+            epoch: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            head_started: AtomicU64::new(0),
+            h2: AtomicBool::new(h2),
+            seen: AtomicBool::new(h2),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn on_read(&self, bytes: &[u8]) {
+        if self.h2.load(Ordering::Relaxed) {
+            return;
+        }
+        // The first 4+ bytes tell an h2c prior-knowledge client from HTTP/1 (a slowloris that
+        // sends "P" alone must not be mistaken for one).
+        if bytes.len() >= 4 && !self.seen.swap(true, Ordering::Relaxed) {
+            let n = bytes.len().min(H2_PREFACE.len());
+            if bytes[..n] == H2_PREFACE[..n] {
+                self.h2.store(true, Ordering::Relaxed);
+                return;
+            }
+        }
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_started.load(Ordering::Relaxed) == 0
+        {
+            self.head_started
+                .store(self.now_ms() + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// What the connection task should do now.
+    fn check(&self, idle: Duration, header_read: Duration) -> Check {
+        let now = self.now_ms();
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return Check::WaitFor(idle);
+        }
+        let head = self.head_started.load(Ordering::Relaxed);
+        if head != 0 {
+            let deadline = head - 1 + header_read.as_millis() as u64;
+            return if now >= deadline {
+                Check::HeaderTimeout
+            } else {
+                Check::WaitFor(Duration::from_millis(deadline - now))
+            };
+        }
+        let deadline = self.idle_since.load(Ordering::Relaxed) + idle.as_millis() as u64;
+        if now >= deadline {
+            Check::Idle
+        } else {
+            Check::WaitFor(Duration::from_millis(deadline - now))
+        }
+    }
+}
+
+enum Check {
+    WaitFor(Duration),
+    Idle,
+    HeaderTimeout,
+}
+
+/// Held for the life of one request (until its response body ends or is dropped).
+pub struct ActivityGuard(Arc<Activity>);
+
+impl ActivityGuard {
+    pub fn begin(a: &Arc<Activity>) -> ActivityGuard {
+        a.in_flight.fetch_add(1, Ordering::Relaxed);
+        a.head_started.store(0, Ordering::Relaxed);
+        ActivityGuard(a.clone())
+    }
+}
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        let a = &self.0;
+        a.idle_since.store(a.now_ms(), Ordering::Relaxed);
+        a.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A stream that reports reads to its connection's [`Activity`].
+pub struct TrackedIo<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            let new = &buf.filled()[before..];
+            if !new.is_empty() {
+                self.activity.on_read(new);
+            }
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Plain HTTP or TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListenerKind {
+    Http,
+    Https,
+}
+
+/// Everything a connection task needs, shared by all listeners.
+pub struct ServerCtx {
+    pub shared: Arc<Shared>,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub tracker: TaskTracker,
+    pub shutdown: watch::Receiver<bool>,
+    pub limit: Arc<Semaphore>,
+}
+
+/// Binds a listener with a generous backlog and `SO_REUSEADDR` (a restart must not wait out
+/// TIME_WAIT).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+/// Accepts until `stop` fires (this listener removed by a reload) or the server shuts down.
+pub async fn accept_loop(
+    listener: TcpListener,
+    kind: ListenerKind,
+    ctx: Arc<ServerCtx>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let local = listener.local_addr().ok();
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        let permit = tokio::select! {
+            p = ctx.limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = shutdown.changed() => return,
+            _ = stop.changed() => return,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => return,
+            _ = stop.changed() => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(c) => c,
+            Err(e) => {
+                handle_accept_error(e).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let ctx2 = ctx.clone();
+        let span = tracing::debug_span!("conn", %peer, listener = ?local);
+        ctx.tracker.spawn(
+            async move {
+                serve_tcp(tcp, peer, kind, &ctx2).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Per-connection errors (the peer gave up) are ignored; anything else (EMFILE, ENOBUFS) is
+/// logged and the loop pauses a moment so it does not spin.
+async fn handle_accept_error(e: io::Error) {
+    use io::ErrorKind::*;
+    if matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "accept failed; retrying in 100ms");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+async fn serve_tcp(tcp: TcpStream, peer: SocketAddr, kind: ListenerKind, ctx: &ServerCtx) {
+    let local = tcp.local_addr().unwrap_or(peer);
+    let snap = ctx.shared.load();
+    let server = &snap.config.server;
+    let (idle, header_read, handshake) = (
+        server.timeouts.idle,
+        server.header_read_timeout,
+        server.tls_handshake_timeout,
+    );
+    let max_header = server.limits.max_request_header_bytes;
+    drop(snap);
+    match kind {
+        ListenerKind::Http => {
+            let activity = Arc::new(Activity::new(false));
+            let conn = Arc::new(ConnInfo {
+                peer,
+                local,
+                tls: false,
+                sni: None,
+                activity: activity.clone(),
+            });
+            let io = TrackedIo {
+                inner: tcp,
+                activity: activity.clone(),
+            };
+            serve_http(io, conn, ctx, idle, header_read, max_header).await;
+        }
+        ListenerKind::Https => {
+            let accepted = match crate::tls::accept(tcp, ctx.tls.clone(), &*ctx.shared, handshake)
+                .await
+            {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!(%peer, reason = e.reason(), error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let activity = Arc::new(Activity::new(accepted.h2));
+            let conn = Arc::new(ConnInfo {
+                peer,
+                local,
+                tls: true,
+                sni: accepted.sni.map(String::into_boxed_str),
+                activity: activity.clone(),
+            });
+            let io = TrackedIo {
+                inner: accepted.stream,
+                activity: activity.clone(),
+            };
+            serve_http(io, conn, ctx, idle, header_read, max_header).await;
+        }
+    }
+}
+
+async fn serve_http<I>(
+    io: I,
+    conn: Arc<ConnInfo>,
+    ctx: &ServerCtx,
+    idle: Duration,
+    header_read: Duration,
+    max_header: u64,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .header_read_timeout(None)
+        .max_buf_size((max_header as usize).max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .max_header_list_size(max_header.min(u32::MAX as u64) as u32)
+        .max_concurrent_streams(250)
+        .max_pending_accept_reset_streams(100)
+        .max_local_error_reset_streams(1024);
+    let shared = ctx.shared.clone();
+    let conn2 = conn.clone();
+    let svc = service_fn(move |req| crate::proxy::serve(req, conn2.clone(), shared.clone()));
+    let http = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(http);
+    let mut shutdown = ctx.shutdown.clone();
+    let mut closing = *shutdown.borrow();
+    if closing {
+        http.as_mut().graceful_shutdown();
+    }
+    let timer = tokio::time::sleep(header_read.min(idle));
+    tokio::pin!(timer);
+    loop {
+        tokio::select! {
+            r = http.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = shutdown.changed(), if !closing => {
+                closing = true;
+                http.as_mut().graceful_shutdown();
+            }
+            _ = &mut timer => {
+                match conn.activity.check(idle, header_read) {
+                    Check::WaitFor(d) => timer.as_mut().reset(tokio::time::Instant::now() + d),
+                    Check::Idle => {
+                        tracing::debug!(peer = %conn.peer, "closing idle keep-alive connection");
+                        if closing {
+                            return;
+                        }
+                        closing = true;
+                        http.as_mut().graceful_shutdown();
+                        timer.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
+                    }
+                    Check::HeaderTimeout => {
+                        tracing::debug!(peer = %conn.peer, timeout_ms = header_read.as_millis() as u64, "request headers not received in time; closing");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! Upstream connections: pooled HTTP clients and backend selection.
+//!
+//! One hyper-util pooled client per *client profile* (TLS verification, extra CA, HTTP/2,
+//! connect and idle timeouts): the pool is keyed on scheme and authority only, so two routes with
+//! different TLS settings to the same backend must not share one (pingora's pooling notes).
+//! Clients are kept in a [`ClientCache`] that outlives snapshots: a reload that leaves a
+//! backend's profile alone keeps its idle keep-alive connections.
+//!
+//! Backend selection is round-robin. A backend that refuses a connection (or times out
+//! connecting) is skipped for a cool-off period (nginx's `max_fails=1 fail_timeout=10s`) and tried
+//! again after it. A route with a single backend never marks it down: there is nothing to fail
+//! over to, so every request tries it and gets a 502 of its own, as nginx does.
+//!
+//! This module must not look at requests beyond what the client needs to send them.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use http::uri::Scheme;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::UpstreamBody;
+use crate::config::BackendUrl;
+
+/// The client type every upstream call goes through.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+
+/// What makes two routes need different clients.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClientProfile {
+    pub tls_verify: bool,
+    pub tls_ca: Option<PathBuf>,
+    pub http2: bool,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// Clients by profile, shared by consecutive snapshots.
+#[derive(Default)]
+pub struct ClientCache {
+    clients: Mutex<HashMap<ClientProfile, HttpClient>>,
+}
+
+impl ClientCache {
+    /// The client for `profile`, built on first use. Called at snapshot build, never per request.
+    pub fn get(&self, profile: &ClientProfile) -> Result<HttpClient, String> {
+        let mut map = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = map.get(profile) {
+            return Ok(c.clone());
+        }
+        let client = build_client(profile)?;
+        map.insert(profile.clone(), client.clone());
+        Ok(client)
+    }
+
+    /// Drops clients no snapshot uses any more (their idle connections close).
+    pub fn retain(&self, live: &[ClientProfile]) {
+        let mut map = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|k, _| live.contains(k));
+    }
+}
+
+fn build_client(p: &ClientProfile) -> Result<HttpClient, String> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(p.connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let tls = crate::tls::client_config(p.tls_verify, p.tls_ca.as_deref())?;
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config((*tls).clone())
+        .https_or_http();
+    let connector = if p.http2 {
+        builder.enable_http2().wrap_connector(http)
+    } else {
+        builder.enable_http1().wrap_connector(http)
+    };
+    let mut b = Client::builder(TokioExecutor::new());
+    b.pool_idle_timeout(p.idle_timeout)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .set_host(false)
+        .http2_only(p.http2);
+    Ok(b.build(connector))
+}
+
+/// Milliseconds since the process started: a cheap monotonic clock for cool-off deadlines.
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// One backend of a route.
+#[derive(Debug)]
+pub struct Backend {
+    pub url: BackendUrl,
+    pub scheme: Scheme,
+    /// `scheme://host:port`, the label in logs and metrics.
+    pub label: String,
+    /// When the cool-off ends (ms on [`now_ms`]'s clock); 0 = healthy.
+    down_until: AtomicU64,
+}
+
+impl Backend {
+    pub fn new(url: BackendUrl) -> Backend {
+        let scheme = if url.https {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        };
+        let label = format!("{}://{}", scheme, url.authority);
+        Backend {
+            url,
+            scheme,
+            label,
+            down_until: AtomicU64::new(0),
+        }
+    }
+
+    fn is_up(&self, now: u64) -> bool {
+        self.down_until.load(Ordering::Relaxed) <= now
+    }
+}
+
+/// The backends of one route and its client.
+pub struct Upstream {
+    pub backends: Vec<Arc<Backend>>,
+    pub client: HttpClient,
+    next: AtomicUsize,
+    cool_off: Duration,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("backends", &self.backends)
+            .finish()
+    }
+}
+
+impl Upstream {
+    pub fn new(backends: Vec<Arc<Backend>>, client: HttpClient, cool_off: Duration) -> Upstream {
+        Upstream {
+            backends,
+            client,
+            next: AtomicUsize::new(0),
+            cool_off,
+        }
+    }
+
+    /// The next healthy backend in round-robin order, or `None` when every one is cooling off.
+    pub fn pick(&self) -> Option<&Arc<Backend>> {
+        let n = self.backends.len();
+        if n == 1 {
+            return self.backends.first();
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = now_ms();
+        (0..n)
+            .map(|i| &self.backends[(start + i) % n])
+            .find(|b| b.is_up(now))
+    }
+
+    /// Marks `backend` down for the cool-off (only meaningful with several backends).
+    pub fn mark_down(&self, backend: &Backend) {
+        if self.backends.len() > 1 {
+            backend.down_until.store(
+                now_ms() + self.cool_off.as_millis() as u64,
+                Ordering::Relaxed,
+            );
+            tracing::warn!(backend = %backend.label, cool_off_ms = self.cool_off.as_millis() as u64, "backend marked down");
+        }
+    }
+
+    /// How many backends are currently cooling off.
+    pub fn down_count(&self) -> usize {
+        let now = now_ms();
+        self.backends.iter().filter(|b| !b.is_up(now)).count()
+    }
+}
+
+/// How an upstream call failed, for the status code and the log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    Refused,
+    ConnectTimeout,
+    Dns,
+    Tls,
+    Reset,
+    Other,
+}
+
+impl FailureKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureKind::Refused => "refused",
+            FailureKind::ConnectTimeout => "connect_timeout",
+            FailureKind::Dns => "dns",
+            FailureKind::Tls => "tls",
+            FailureKind::Reset => "reset",
+            FailureKind::Other => "error",
+        }
+    }
+
+    /// Failures that happened before anything was sent: safe to retry on another backend.
+    pub fn before_send(self) -> bool {
+        matches!(
+            self,
+            FailureKind::Refused
+                | FailureKind::ConnectTimeout
+                | FailureKind::Dns
+                | FailureKind::Tls
+        )
+    }
+}
+
+/// Classifies a client error by walking its source chain.
+pub fn classify(err: &hyper_util::client::legacy::Error) -> FailureKind {
+    let connect = err.is_connect();
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            return match io.kind() {
+                ConnectionRefused => FailureKind::Refused,
+                TimedOut if connect => FailureKind::ConnectTimeout,
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => {
+                    FailureKind::Reset
+                }
+                _ if io
+                    .get_ref()
+                    .is_some_and(|inner| inner.is::<rustls::Error>()) =>
+                {
+                    FailureKind::Tls
+                }
+                _ if connect && io.to_string().contains("dns") => FailureKind::Dns,
+                _ if connect => FailureKind::Refused,
+                _ => FailureKind::Reset,
+            };
+        }
+        if e.is::<rustls::Error>() {
+            return FailureKind::Tls;
+        }
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_closed() || h.is_canceled() {
+                return FailureKind::Reset;
+            }
+        }
+        source = e.source();
+    }
+    if connect {
+        let text = err.to_string();
+        if text.contains("dns") {
+            return FailureKind::Dns;
+        }
+        return FailureKind::Refused;
+    }
+    FailureKind::Other
+}
