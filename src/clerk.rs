@@ -273,15 +273,11 @@ pub fn rewrite_location(location: &str, fapi: &FapiUrl, proxy_url: &str) -> Opti
         return None;
     }
     let mut out = proxy_url.trim_end_matches('/').to_owned();
-    if rest.starts_with('/') {
-        out.push_str(rest);
-    } else if rest.starts_with('?') || rest.starts_with('#') || rest.is_empty() {
+    if !rest.starts_with('/') {
+        // A relative reference resolves against the FAPI root (§4.4).
         out.push('/');
-        out.push_str(rest);
-    } else {
-        out.push('/');
-        out.push_str(rest);
     }
+    out.push_str(rest);
     Some(out)
 }
 

@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use futures_util::TryStreamExt as _;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -155,7 +155,7 @@ struct Found {
 }
 
 enum Lookup {
-    File(Found),
+    File(Box<Found>),
     /// A directory requested without its trailing slash.
     AddSlash,
     Missing,
@@ -195,11 +195,11 @@ async fn lookup(cfg: &crate::config::StaticConfig, rel: &str, ends_with_slash: b
     if !cfg.allow_symlinks && !inside_root(root, &file.0).await {
         return Lookup::Forbidden;
     }
-    Lookup::File(Found {
+    Lookup::File(Box::new(Found {
         type_path: file.0.clone(),
         path: file.0,
         meta: file.1,
-    })
+    }))
 }
 
 /// True when `path`, with every symlink resolved, is still under `root` (also resolved).
@@ -240,7 +240,7 @@ pub(crate) async fn handle(
         None => Lookup::Forbidden,
     };
     match found {
-        Lookup::File(f) => serve_file(&req, cfg, f).await,
+        Lookup::File(f) => serve_file(&req, cfg, *f).await,
         Lookup::AddSlash => {
             let mut loc = req.uri().path().to_owned();
             loc.push('/');
@@ -372,9 +372,9 @@ async fn serve_file(
     let range_ok = match h.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
         None => true,
         Some(ir) if ir.starts_with('"') => ir == tag,
-        Some(ir) => httpdate::parse_http_date(ir).ok().is_some_and(|d| {
-            d >= SystemTime::from(UNIX_EPOCH + std::time::Duration::from_secs(mtime_secs))
-        }),
+        Some(ir) => httpdate::parse_http_date(ir)
+            .ok()
+            .is_some_and(|d| d >= UNIX_EPOCH + std::time::Duration::from_secs(mtime_secs)),
     };
     let answer = match h.get(header::RANGE).and_then(|v| v.to_str().ok()) {
         Some(r) if range_ok => parse_range(r, len),

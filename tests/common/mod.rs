@@ -1,0 +1,348 @@
+//! Test harness: real in-process backends and a real gateway on 127.0.0.1 with ports from `:0`,
+//! driven by real HTTP clients. No sleeps for synchronisation: every wait is on an event
+//! (a channel, a socket read) under a generous upper bound that only fires when a test is broken.
+
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use gatehouse::Gateway;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// The upper bound on any wait in a test. Reaching it means the test failed.
+pub const LIMIT: Duration = Duration::from_secs(20);
+
+pub async fn within<F: Future>(what: &str, f: F) -> F::Output {
+    match tokio::time::timeout(LIMIT, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out waiting for: {what}"),
+    }
+}
+
+/// A request as a backend saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub type Handler = Arc<
+    dyn Fn(Request<Incoming>) -> std::pin::Pin<Box<dyn Future<Output = Response<BoxBody>> + Send>>
+        + Send
+        + Sync,
+>;
+pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+pub fn full(b: impl Into<Bytes>) -> BoxBody {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A backend on 127.0.0.1:0.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Backend {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.requests()
+            .last()
+            .cloned()
+            .expect("the backend saw no request")
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// A backend that records each request (body included) and answers 200 with its `name` as the
+/// body and `x-backend: name`.
+pub async fn backend(name: &'static str) -> Backend {
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let seen2 = seen.clone();
+    serve(
+        Arc::new(move |req: Request<Incoming>| {
+            let seen = seen2.clone();
+            Box::pin(async move {
+                record(&seen, req).await;
+                let mut r = Response::new(full(name));
+                r.headers_mut()
+                    .insert("x-backend", HeaderValue::from_static(name));
+                r
+            })
+        }),
+        seen,
+        false,
+    )
+    .await
+}
+
+/// Collects a request into the record.
+pub async fn record(seen: &Arc<Mutex<Vec<Seen>>>, req: Request<Incoming>) -> Seen {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let s = Seen {
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        version: parts.version,
+        headers: parts.headers,
+        body,
+    };
+    seen.lock().unwrap().push(s.clone());
+    s
+}
+
+/// A backend with a custom handler (HTTP/1.1 with upgrades, or h2c when `h2`).
+pub async fn backend_with(h: Handler) -> Backend {
+    serve(h, Arc::default(), false).await
+}
+
+pub async fn backend_h2c(h: Handler) -> Backend {
+    serve(h, Arc::default(), true).await
+}
+
+async fn serve(h: Handler, seen: Arc<Mutex<Vec<Seen>>>, h2: bool) -> Backend {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, mut stop_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = tokio::select! {
+                a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+                _ = &mut stop_rx => return,
+            };
+            let h = h.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let h = h.clone();
+                    async move { Ok::<_, Infallible>(h(req).await) }
+                });
+                if h2 {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                } else {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .with_upgrades()
+                        .await;
+                }
+            });
+        }
+    });
+    Backend {
+        addr,
+        seen,
+        stop: Some(stop),
+    }
+}
+
+/// A port with nothing listening on it (bound, then closed).
+pub async fn dead_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A running gateway on a config written to a temporary folder.
+pub struct Gw {
+    pub gw: Arc<Gateway>,
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl Gw {
+    pub fn http(&self) -> SocketAddr {
+        self.gw.http_addrs()[0]
+    }
+
+    pub fn https(&self) -> SocketAddr {
+        self.gw.https_addrs()[0]
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+pub fn env_of(pairs: &[(&str, &str)]) -> gatehouse::config::EnvLookup {
+    let map: std::collections::HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Arc::new(move |k| map.get(k).cloned())
+}
+
+/// Starts a gateway on `toml` (which should listen on 127.0.0.1:0).
+pub async fn gateway(toml: &str) -> Gw {
+    gateway_env(toml, &[]).await
+}
+
+pub async fn gateway_env(toml: &str, env: &[(&str, &str)]) -> Gw {
+    let dir = tempfile::tempdir().unwrap();
+    gateway_in(dir, toml, env).await
+}
+
+/// `TEST_LOG=debug cargo test ...` shows the gateway's logs.
+pub fn init_log() {
+    if let Ok(level) = std::env::var("TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(level)
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+pub async fn gateway_in(dir: tempfile::TempDir, toml: &str, env: &[(&str, &str)]) -> Gw {
+    init_log();
+    gatehouse::tls::install_default_provider();
+    let path = dir.path().join("gatehouse.toml");
+    std::fs::write(&path, toml).unwrap();
+    let gw = Gateway::start(gatehouse::Options {
+        config_path: path.clone(),
+        env: env_of(env),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("gateway did not start: {e}"));
+    Gw { gw, dir, path }
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Sends one request over a fresh HTTP/1.1 connection.
+pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Reply {
+    within("an HTTP/1.1 response", async {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let resp = sender.send_request(req).await.unwrap();
+        collect(resp).await
+    })
+    .await
+}
+
+/// Sends one request over a fresh HTTP/2 (prior knowledge, h2c) connection.
+pub async fn send_h2c(addr: SocketAddr, req: Request<Full<Bytes>>) -> Reply {
+    within("an h2c response", async {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let resp = sender.send_request(req).await.unwrap();
+        collect(resp).await
+    })
+    .await
+}
+
+pub async fn collect(resp: Response<Incoming>) -> Reply {
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    Reply {
+        status: parts.status,
+        version: parts.version,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// `GET path` with `Host: host`.
+pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Reply {
+    send(
+        addr,
+        Request::get(path)
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await
+}
+
+pub fn req(method: &str, host: &str, path: &str) -> http::request::Builder {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host)
+}
+
+pub fn empty() -> Full<Bytes> {
+    Full::new(Bytes::new())
+}
+
+/// Writes raw bytes on a fresh TCP connection and reads until the peer closes.
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    within("a raw exchange", async {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(bytes).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tcp.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    })
+    .await
+}

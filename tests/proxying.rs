@@ -1,0 +1,542 @@
+//! Reverse proxying to app backends: headers, bodies, upgrades, protocols, balancing.
+
+mod common;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use http::{HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use tokio::sync::mpsc;
+
+fn one_route(upstream: &str, extra_server: &str, extra_route: &str) -> String {
+    format!(
+        r#"
+[server]
+http = "127.0.0.1:0"
+{extra_server}
+
+[[site]]
+hosts = ["app.example.com"]
+  [[site.route]]
+  prefix = "/api"
+  upstream = {upstream}
+  {extra_route}
+  [[site.route]]
+  prefix = "/"
+  respond = {{ body = "fallthrough" }}
+"#
+    )
+}
+
+#[tokio::test]
+async fn host_is_kept_by_default_and_forwarding_headers_set_for_untrusted_peers() {
+    let b = backend("b").await;
+    let gw = gateway(&one_route(&format!("\"{}\"", b.url()), "", "")).await;
+    let r = send(
+        gw.http(),
+        req("GET", "app.example.com", "/api/x")
+            .header("x-forwarded-for", "6.6.6.6")
+            .header("x-forwarded-host", "evil.example")
+            .header("x-forwarded-proto", "https")
+            .header("x-real-ip", "6.6.6.6")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let s = b.last();
+    assert_eq!(s.header("host"), Some("app.example.com"));
+    assert_eq!(s.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(s.header("x-real-ip"), Some("127.0.0.1"));
+    assert_eq!(s.header("x-forwarded-host"), Some("app.example.com"));
+    assert_eq!(s.header("x-forwarded-proto"), Some("http"));
+}
+
+#[tokio::test]
+async fn a_trusted_peer_extends_the_forwarding_chain() {
+    let b = backend("b").await;
+    let gw = gateway(&one_route(
+        &format!("\"{}\"", b.url()),
+        "trusted_proxies = [\"127.0.0.1/32\"]",
+        "",
+    ))
+    .await;
+    send(
+        gw.http(),
+        req("GET", "app.example.com", "/api")
+            .header("x-forwarded-for", "203.0.113.7")
+            .header("x-forwarded-host", "public.example.com")
+            .header("x-forwarded-proto", "https")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    let s = b.last();
+    assert_eq!(s.header("x-forwarded-for"), Some("203.0.113.7, 127.0.0.1"));
+    assert_eq!(s.header("x-real-ip"), Some("203.0.113.7"));
+    assert_eq!(s.header("x-forwarded-host"), Some("public.example.com"));
+    assert_eq!(s.header("x-forwarded-proto"), Some("https"));
+}
+
+#[tokio::test]
+async fn strip_prefix_removes_the_prefix_and_announces_it() {
+    let b = backend("b").await;
+    let gw = gateway(&one_route(
+        &format!("\"{}\"", b.url()),
+        "",
+        "strip_prefix = true",
+    ))
+    .await;
+    get(gw.http(), "app.example.com", "/api/users?id=1").await;
+    let s = b.last();
+    assert_eq!(s.uri, "/users?id=1");
+    assert_eq!(s.header("x-forwarded-prefix"), Some("/api"));
+    get(gw.http(), "app.example.com", "/api").await;
+    assert_eq!(b.last().uri, "/");
+}
+
+#[tokio::test]
+async fn an_upstream_url_path_is_prepended() {
+    let b = backend("b").await;
+    let gw = gateway(&one_route(
+        &format!("\"{}/v2/\"", b.url()),
+        "",
+        "strip_prefix = true",
+    ))
+    .await;
+    get(gw.http(), "app.example.com", "/api/users").await;
+    assert_eq!(b.last().uri, "/v2/users");
+}
+
+#[tokio::test]
+async fn without_strip_the_original_path_bytes_are_forwarded() {
+    let b = backend("b").await;
+    let gw = gateway(&one_route(&format!("\"{}\"", b.url()), "", "")).await;
+    get(gw.http(), "app.example.com", "/api//a/./b%41?x=%20").await;
+    assert_eq!(b.last().uri, "/api//a/./b%41?x=%20");
+}
+
+#[tokio::test]
+async fn host_upstream_and_literal_policies() {
+    let b = backend("b").await;
+    let gw = gateway(&one_route(
+        &format!("\"{}\"", b.url()),
+        "",
+        "host = \"upstream\"",
+    ))
+    .await;
+    get(gw.http(), "app.example.com", "/api").await;
+    assert_eq!(b.last().header("host"), Some(b.addr.to_string().as_str()));
+    let gw = gateway(&one_route(
+        &format!("\"{}\"", b.url()),
+        "",
+        "host = \"api.internal\"",
+    ))
+    .await;
+    get(gw.http(), "app.example.com", "/api").await;
+    assert_eq!(b.last().header("host"), Some("api.internal"));
+}
+
+#[tokio::test]
+async fn hop_by_hop_request_headers_are_removed() {
+    let b = backend("b").await;
+    let gw = gateway(&one_route(&format!("\"{}\"", b.url()), "", "")).await;
+    send(
+        gw.http(),
+        req("GET", "app.example.com", "/api")
+            .header("connection", "keep-alive, X-Private")
+            .header("x-private", "secret")
+            .header("keep-alive", "timeout=5")
+            .header("proxy-authorization", "Basic eA==")
+            .header("te", "trailers, gzip")
+            .header("x-kept", "1")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    let s = b.last();
+    for gone in ["x-private", "keep-alive", "proxy-authorization"] {
+        assert!(s.header(gone).is_none(), "{gone} reached the backend");
+    }
+    assert_eq!(s.header("te"), Some("trailers"));
+    assert_eq!(s.header("x-kept"), Some("1"));
+}
+
+#[tokio::test]
+async fn hop_by_hop_response_headers_are_removed() {
+    let b = backend_with(Arc::new(|_req| {
+        Box::pin(async {
+            Response::builder()
+                .header("connection", "X-Internal")
+                .header("x-internal", "1")
+                .header("keep-alive", "timeout=5")
+                .header("proxy-authenticate", "Basic")
+                .header("x-public", "1")
+                .body(full("ok"))
+                .unwrap()
+        })
+    }))
+    .await;
+    let gw = gateway(&one_route(&format!("\"{}\"", b.url()), "", "")).await;
+    let r = get(gw.http(), "app.example.com", "/api").await;
+    for gone in ["x-internal", "keep-alive", "proxy-authenticate"] {
+        assert!(r.header(gone).is_none(), "{gone} reached the client");
+    }
+    assert_eq!(r.header("x-public"), Some("1"));
+}
+
+#[tokio::test]
+async fn three_set_cookie_headers_stay_three() {
+    let b = backend_with(Arc::new(|_req| {
+        Box::pin(async {
+            Response::builder()
+                .header("set-cookie", "__client=a; Path=/; HttpOnly")
+                .header("set-cookie", "__client_uat=1; Path=/")
+                .header("set-cookie", "__session=jwt, with comma; Path=/")
+                .body(full("ok"))
+                .unwrap()
+        })
+    }))
+    .await;
+    let gw = gateway(&one_route(&format!("\"{}\"", b.url()), "", "")).await;
+    for r in [
+        get(gw.http(), "app.example.com", "/api").await,
+        send_h2c(
+            gw.http(),
+            Request::get(format!("http://app.example.com:{}/api", gw.http().port()))
+                .body(empty())
+                .unwrap(),
+        )
+        .await,
+    ] {
+        let cookies: Vec<&str> = r
+            .headers
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(
+            cookies,
+            [
+                "__client=a; Path=/; HttpOnly",
+                "__client_uat=1; Path=/",
+                "__session=jwt, with comma; Path=/"
+            ]
+        );
+    }
+}
+
+#[tokio::test]
+async fn underscore_headers_are_dropped_unless_the_route_allows_them() {
+    let b = backend("b").await;
+    let request = || {
+        req("GET", "app.example.com", "/api")
+            .header("x_forwarded_for", "6.6.6.6")
+            .header("x-ok", "1")
+            .body(empty())
+            .unwrap()
+    };
+    let gw = gateway(&one_route(&format!("\"{}\"", b.url()), "", "")).await;
+    send(gw.http(), request()).await;
+    assert!(b.last().header("x_forwarded_for").is_none());
+    assert_eq!(b.last().header("x-ok"), Some("1"));
+    let gw = gateway(&one_route(
+        &format!("\"{}\"", b.url()),
+        "",
+        "allow_underscore_headers = true",
+    ))
+    .await;
+    send(gw.http(), request()).await;
+    assert_eq!(b.last().header("x_forwarded_for"), Some("6.6.6.6"));
+}
+
+#[tokio::test]
+async fn encoded_slashes_are_refused_unless_the_route_allows_them() {
+    let b = backend("b").await;
+    let gw = gateway(&one_route(&format!("\"{}\"", b.url()), "", "")).await;
+    for path in ["/api/a%2Fb", "/api/a%5cb", "/api/a%00b"] {
+        assert_eq!(
+            get(gw.http(), "app.example.com", path).await.status,
+            400,
+            "{path}"
+        );
+    }
+    assert_eq!(b.count(), 0);
+    let gw = gateway(&one_route(
+        &format!("\"{}\"", b.url()),
+        "",
+        "allow_encoded_slashes = true",
+    ))
+    .await;
+    assert_eq!(
+        get(gw.http(), "app.example.com", "/api/a%2Fb").await.status,
+        200
+    );
+    assert_eq!(b.last().uri, "/api/a%2Fb");
+}
+
+#[tokio::test]
+async fn clerk_headers_from_clients_never_reach_an_app_backend() {
+    let b = backend("b").await;
+    let gw = gateway(&one_route(&format!("\"{}\"", b.url()), "", "")).await;
+    send(
+        gw.http(),
+        req("GET", "app.example.com", "/api")
+            .header("clerk-secret-key", "sk_live_stolen")
+            .header("clerk-proxy-url", "https://evil")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert!(b.last().header("clerk-secret-key").is_none());
+    assert!(b.last().header("clerk-proxy-url").is_none());
+}
+
+#[tokio::test]
+async fn request_and_response_header_operations_apply() {
+    let b = backend_with(Arc::new(|_req| {
+        Box::pin(async {
+            Response::builder()
+                .header("server", "internal/1.0")
+                .header("x-powered-by", "php")
+                .body(full("ok"))
+                .unwrap()
+        })
+    }))
+    .await;
+    let seen = backend("seen").await;
+    let _ = seen;
+    let gw = gateway(&one_route(
+        &format!("\"{}\"", b.url()),
+        "",
+        r#"response_headers = { set = { "X-Frame-Options" = "DENY" }, remove = ["x-powered-by"] }"#,
+    ))
+    .await;
+    let r = get(gw.http(), "app.example.com", "/api").await;
+    assert_eq!(r.header("x-frame-options"), Some("DENY"));
+    assert!(r.header("x-powered-by").is_none());
+    assert_eq!(r.header("server"), Some("internal/1.0"));
+
+    let rec = backend("rec").await;
+    let gw = gateway(&one_route(&format!("\"{}\"", rec.url()), "", r#"request_headers = { set = { "X-App" = "gatehouse" }, add = { "X-Multi" = "2" }, remove = ["x-debug"] }"#)).await;
+    send(
+        gw.http(),
+        req("GET", "app.example.com", "/api")
+            .header("x-debug", "1")
+            .header("x-multi", "1")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    let s = rec.last();
+    assert_eq!(s.header("x-app"), Some("gatehouse"));
+    assert!(s.header("x-debug").is_none());
+    let multi: Vec<_> = s.headers.get_all("x-multi").iter().collect();
+    assert_eq!(
+        multi,
+        [HeaderValue::from_static("1"), HeaderValue::from_static("2")]
+    );
+}
+
+#[tokio::test]
+async fn round_robin_spreads_requests_over_the_list() {
+    let (a, b) = (backend("a").await, backend("b").await);
+    let gw = gateway(&one_route(
+        &format!("[\"{}\", \"{}\"]", a.url(), b.url()),
+        "",
+        "",
+    ))
+    .await;
+    let mut bodies = Vec::new();
+    for _ in 0..6 {
+        bodies.push(get(gw.http(), "app.example.com", "/api").await.text());
+    }
+    assert_eq!(a.count(), 3, "{bodies:?}");
+    assert_eq!(b.count(), 3, "{bodies:?}");
+    assert!(
+        bodies.windows(2).all(|w| w[0] != w[1]),
+        "not alternating: {bodies:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_backend_is_skipped_and_every_request_succeeds() {
+    let live = backend("live").await;
+    let dead = dead_port().await;
+    let gw = gateway(&one_route(
+        &format!("[\"http://{dead}\", \"{}\"]", live.url()),
+        "",
+        "",
+    ))
+    .await;
+    for _ in 0..6 {
+        let r = get(gw.http(), "app.example.com", "/api").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "live");
+    }
+    assert_eq!(live.count(), 6);
+}
+
+#[tokio::test]
+async fn a_large_body_streams_through_without_buffering() {
+    // The backend reports when it has the first chunk; the client sends the rest only then.
+    // A gateway that buffered the whole body would deadlock here (and hit the test's time limit).
+    let (first_tx, mut first_rx) = mpsc::channel::<()>(1);
+    let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let total2 = total.clone();
+    let b = backend_with(Arc::new(move |req| {
+        let first_tx = first_tx.clone();
+        let total = total2.clone();
+        Box::pin(async move {
+            let mut body = req.into_body();
+            let mut n = 0u64;
+            let mut told = false;
+            while let Some(frame) = body.frame().await {
+                if let Ok(d) = frame.unwrap().into_data() {
+                    n += d.len() as u64;
+                    if !told {
+                        told = true;
+                        let _ = first_tx.send(()).await;
+                    }
+                }
+            }
+            total.store(n, std::sync::atomic::Ordering::SeqCst);
+            Response::new(full(format!("{n}")))
+        })
+    }))
+    .await;
+    let gw = gateway(&one_route(&format!("\"{}\"", b.url()), "", "")).await;
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+    let body = StreamBody::new(tokio_stream_from(rx));
+    let request = Request::post("/api/upload")
+        .header("host", "app.example.com")
+        .body(body)
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(gw.http()).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let resp = tokio::spawn(async move { sender.send_request(request).await });
+    let chunk = Bytes::from(vec![b'x'; 1 << 20]);
+    tx.send(Ok(Frame::data(chunk.clone()))).await.unwrap();
+    within("the backend to see the first chunk", first_rx.recv()).await;
+    for _ in 0..15 {
+        tx.send(Ok(Frame::data(chunk.clone()))).await.unwrap();
+    }
+    drop(tx);
+    let resp = within("the upload response", resp).await.unwrap().unwrap();
+    let r = collect(resp).await;
+    assert_eq!(r.text(), (16u64 << 20).to_string());
+}
+
+/// An mpsc receiver as a stream of frames.
+fn tokio_stream_from(
+    mut rx: mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[tokio::test]
+async fn a_large_response_streams_back() {
+    let b = backend_with(Arc::new(|_req| {
+        Box::pin(async { Response::new(full(vec![7u8; 8 << 20])) })
+    }))
+    .await;
+    let gw = gateway(&one_route(&format!("\"{}\"", b.url()), "", "")).await;
+    let r = get(gw.http(), "app.example.com", "/api/big").await;
+    assert_eq!(r.body.len(), 8 << 20);
+    assert!(r.body.iter().all(|&x| x == 7));
+}
+
+#[tokio::test]
+async fn an_h2c_client_reaches_an_http11_backend_with_a_host_header() {
+    let b = backend("b").await;
+    let gw = gateway(&one_route(&format!("\"{}\"", b.url()), "", "")).await;
+    let r = send_h2c(
+        gw.http(),
+        Request::post(format!("http://app.example.com:{}/api/x", gw.http().port()))
+            .body(Full::new(Bytes::from("hello")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.version, http::Version::HTTP_2);
+    let s = b.last();
+    assert_eq!(s.version, http::Version::HTTP_11);
+    assert_eq!(
+        s.header("host"),
+        Some(format!("app.example.com:{}", gw.http().port()).as_str())
+    );
+    assert_eq!(s.body, "hello");
+}
+
+#[tokio::test]
+async fn http2_upstreams_are_spoken_to_over_h2c() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let b = backend_h2c(Arc::new(move |req| {
+        let seen = seen2.clone();
+        Box::pin(async move {
+            seen.lock().unwrap().push(req.version());
+            Response::new(full("h2"))
+        })
+    }))
+    .await;
+    let gw = gateway(&one_route(&format!("\"{}\"", b.url()), "", "http2 = true")).await;
+    let r = get(gw.http(), "app.example.com", "/api").await;
+    assert_eq!(r.text(), "h2");
+    assert_eq!(seen.lock().unwrap().as_slice(), [http::Version::HTTP_2]);
+}
+
+#[tokio::test]
+async fn websocket_upgrades_are_proxied_both_ways() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    // A real WebSocket echo server.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ws_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() || msg.is_binary() {
+                        ws.send(msg).await.unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let gw = gateway(&one_route(&format!("\"http://{ws_addr}\""), "", "")).await;
+    let url = format!("ws://{}/api/socket", gw.http());
+    let request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        url.as_str(),
+    )
+    .unwrap();
+    let mut request = request;
+    request
+        .headers_mut()
+        .insert("host", HeaderValue::from_static("app.example.com"));
+    let (mut ws, resp) = within(
+        "the WebSocket handshake",
+        tokio_tungstenite::connect_async(request),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 101);
+    for i in 0..3 {
+        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+        let echo = within("the echo", ws.next()).await.unwrap().unwrap();
+        assert_eq!(echo, Message::text(format!("hello {i}")));
+    }
+    ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    assert_eq!(
+        within("the binary echo", ws.next()).await.unwrap().unwrap(),
+        Message::binary(vec![1u8, 2, 3])
+    );
+}
