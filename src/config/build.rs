@@ -481,7 +481,7 @@ impl Builder<'_> {
                     }
                 });
             let routes = self.routes(s, &key, &name, raw, server, &mut route_ids);
-            if routes.is_empty() && !s.routes.is_empty() {
+            if routes.is_empty() && !s.routes.is_empty() && !self.c.has_errors() {
                 self.c.warn(
                     Some(span.clone()),
                     &key,
