@@ -171,10 +171,30 @@ impl Gateway {
         for w in &config.warnings {
             tracing::warn!("{w}");
         }
+        // Bind first: a port that cannot be bound is a start-up error, and redirects need the
+        // real https port when the config says 0.
+        let server = config.server.clone();
+        let mut bound = Vec::new();
+        for (kind, addr) in wanted_listeners(&server) {
+            let listener = server::bind(addr).map_err(|source| StartError::Bind {
+                addr,
+                what: match kind {
+                    ListenerKind::Http => "server.http",
+                    ListenerKind::Https => "server.https",
+                },
+                help: bind_help(&source, addr),
+                source,
+            })?;
+            bound.push((kind, addr, listener));
+        }
         let clients = ClientCache::default();
-        let snapshot =
+        let mut snapshot =
             Snapshot::build(Arc::new(config), 1, None, &clients).map_err(StartError::Build)?;
-        let server = snapshot.config.server.clone();
+        snapshot.https_port = bound
+            .iter()
+            .find(|(k, ..)| *k == ListenerKind::Https)
+            .and_then(|(_, _, l)| l.local_addr().ok())
+            .map(|a| a.port());
         let shared = Arc::new(Shared::new(snapshot, clients));
         let tls = crate::tls::server_config(shared.clone())
             .map_err(|e| StartError::Build(e.to_string()))?;
@@ -199,23 +219,7 @@ impl Gateway {
             }),
             started_at: Instant::now(),
         });
-        let mut wanted: Vec<(ListenerKind, SocketAddr)> = server
-            .http
-            .iter()
-            .map(|a| (ListenerKind::Http, *a))
-            .collect();
-        wanted.extend(server.https.iter().map(|a| (ListenerKind::Https, *a)));
-        for (kind, addr) in wanted {
-            let listener = server::bind(addr).map_err(|source| StartError::Bind {
-                addr,
-                what: if kind == ListenerKind::Http {
-                    "server.http"
-                } else {
-                    "server.https"
-                },
-                help: bind_help(&source, addr),
-                source,
-            })?;
+        for (kind, addr, listener) in bound {
             gw.spawn_listener(kind, addr, listener);
         }
         for l in gw
@@ -340,17 +344,11 @@ impl Gateway {
     fn swap(
         &self,
         prev: Arc<Snapshot>,
-        next: Snapshot,
+        mut next: Snapshot,
         started: Instant,
     ) -> Result<ReloadReport, ReloadError> {
         // Bind new listeners before the swap: if one cannot be bound the reload fails whole.
-        let server = &next.config.server;
-        let mut wanted: Vec<(ListenerKind, SocketAddr)> = server
-            .http
-            .iter()
-            .map(|a| (ListenerKind::Http, *a))
-            .collect();
-        wanted.extend(server.https.iter().map(|a| (ListenerKind::Https, *a)));
+        let wanted = wanted_listeners(&next.config.server);
         let mut fresh = Vec::new();
         {
             let current = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
@@ -366,12 +364,25 @@ impl Gateway {
                     fresh.push((*kind, *addr, l));
                 }
             }
+            let first_https = wanted.iter().find(|(k, _)| *k == ListenerKind::Https);
+            next.https_port = first_https.and_then(|(_, want)| {
+                let kept = current
+                    .iter()
+                    .find(|l| l.kind == ListenerKind::Https && l.configured == *want)
+                    .map(|l| l.bound);
+                let new = fresh
+                    .iter()
+                    .find(|(k, a, _)| *k == ListenerKind::Https && a == want)
+                    .and_then(|(_, _, l)| l.local_addr().ok());
+                kept.or(new).map(|a| a.port())
+            });
         }
         let mut report = diff(&prev, &next);
         report.generation = next.generation;
         for w in &next.config.warnings {
             tracing::warn!("{w}");
         }
+        let same_file = prev.config.hash == next.config.hash;
         self.shared.store(Arc::new(next));
         for (kind, addr, l) in fresh {
             report.listeners_added.push(l.local_addr().unwrap_or(addr));
@@ -388,12 +399,12 @@ impl Gateway {
             }
             keep
         });
-        report.unchanged = report
-            == ReloadReport {
-                generation: report.generation,
-                ..Default::default()
-            }
-            && prev.config.hash == self.shared.load().config.hash;
+        report.unchanged = same_file
+            && report
+                == ReloadReport {
+                    generation: report.generation,
+                    ..Default::default()
+                };
         report.millis = started.elapsed().as_millis();
         Ok(report)
     }
@@ -420,6 +431,13 @@ impl Gateway {
     pub fn shutdown_grace(&self) -> Duration {
         self.shared.load().config.server.shutdown_grace
     }
+}
+
+/// The listeners a server config asks for, in order.
+fn wanted_listeners(server: &crate::config::ServerConfig) -> Vec<(ListenerKind, SocketAddr)> {
+    let http = server.http.iter().map(|a| (ListenerKind::Http, *a));
+    let https = server.https.iter().map(|a| (ListenerKind::Https, *a));
+    http.chain(https).collect()
 }
 
 fn bind_help(e: &std::io::Error, addr: SocketAddr) -> &'static str {

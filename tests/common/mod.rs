@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -343,6 +345,48 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
         let mut out = Vec::new();
         let _ = tcp.read_to_end(&mut out).await;
         String::from_utf8_lossy(&out).into_owned()
+    })
+    .await
+}
+
+/// Opens a TLS connection. `sni = None` connects by IP, which sends no SNI.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+    sni: Option<&str>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let name = match sni {
+        Some(n) => rustls::pki_types::ServerName::try_from(n.to_string()).unwrap(),
+        None => rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
+    };
+    let tcp = TcpStream::connect(addr).await?;
+    within(
+        "a TLS handshake",
+        tokio_rustls::TlsConnector::from(cfg).connect(name, tcp),
+    )
+    .await
+}
+
+/// Sends a request on an open TLS stream, HTTP/2 if ALPN chose it, else HTTP/1.1.
+pub async fn tls_send(
+    stream: tokio_rustls::client::TlsStream<TcpStream>,
+    req: Request<Full<Bytes>>,
+) -> Reply {
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    within("a TLS response", async move {
+        let io = TokioIo::new(stream);
+        let resp = if h2 {
+            let (mut s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .unwrap();
+            tokio::spawn(c);
+            s.send_request(req).await.unwrap()
+        } else {
+            let (mut s, c) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(c);
+            s.send_request(req).await.unwrap()
+        };
+        collect(resp).await
     })
     .await
 }
