@@ -428,7 +428,7 @@ pub(crate) async fn handle(
     )
     .await
     {
-        Ok((mut resp, _backend)) => {
+        Ok(crate::proxy::Forwarded { mut resp, .. }) => {
             headers::strip_hop_by_hop(resp.headers_mut());
             if let Some(loc) = resp
                 .headers()

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -153,6 +154,10 @@ pub struct Gateway {
     reload_lock: tokio::sync::Mutex<()>,
     status: Mutex<ReloadStatus>,
     started_at: Instant,
+    /// Listeners bound and a valid config loaded; false again once shutdown starts.
+    ready: AtomicBool,
+    /// The admin listener's bound address.
+    admin_addr: Option<SocketAddr>,
 }
 
 impl Gateway {
@@ -172,8 +177,19 @@ impl Gateway {
             tracing::warn!("{w}");
         }
         // Bind first: a port that cannot be bound is a start-up error, and redirects need the
-        // real https port when the config says 0.
+        // real https port when the config says 0. The admin listener comes first so that
+        // /readyz can say "not ready" while the others are being bound.
         let server = config.server.clone();
+        let admin = match server.admin {
+            Some(addr) => Some(server::bind(addr).map_err(|source| StartError::Bind {
+                addr,
+                what: "server.admin",
+                help: bind_help(&source, addr),
+                source,
+            })?),
+            None => None,
+        };
+        let metrics = crate::metrics::install();
         let mut bound = Vec::new();
         for (kind, addr) in wanted_listeners(&server) {
             let listener = server::bind(addr).map_err(|source| StartError::Bind {
@@ -195,7 +211,15 @@ impl Gateway {
             .find(|(k, ..)| *k == ListenerKind::Https)
             .and_then(|(_, _, l)| l.local_addr().ok())
             .map(|a| a.port());
+        let log = snapshot.config.log.clone();
         let shared = Arc::new(Shared::new(snapshot, clients));
+        if let Some(l) = crate::access_log::AccessLog::start(
+            &log.access_log,
+            log.access_log_format,
+            log.access_log_query,
+        ) {
+            shared.access_log.store(Some(Arc::new(l)));
+        }
         let tls = crate::tls::server_config(shared.clone())
             .map_err(|e| StartError::Build(e.to_string()))?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -218,10 +242,19 @@ impl Gateway {
                 ..Default::default()
             }),
             started_at: Instant::now(),
+            ready: AtomicBool::new(false),
+            admin_addr: admin.as_ref().and_then(|l| l.local_addr().ok()),
         });
+        if let Some(admin) = admin {
+            tokio::spawn(crate::admin::serve(admin, gw.clone(), metrics.clone()));
+            tracing::info!(addr = ?gw.admin_addr, "admin listener");
+        }
+        crate::metrics::spawn_upkeep_once(metrics);
         for (kind, addr, listener) in bound {
             gw.spawn_listener(kind, addr, listener);
         }
+        gw.ready.store(true, Ordering::SeqCst);
+        crate::metrics::reload(true, 1, Duration::ZERO);
         for l in gw
             .listeners
             .lock()
@@ -275,6 +308,56 @@ impl Gateway {
 
     pub fn https_addrs(&self) -> Vec<SocketAddr> {
         self.addrs(ListenerKind::Https)
+    }
+
+    /// The admin listener's bound address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Listeners bound, a valid config loaded, and not shutting down.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Fires (changes to `true`) when shutdown starts.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown_tx.subscribe()
+    }
+
+    /// Applies the parts of a new config that live outside the snapshot (the access log).
+    pub fn after_reload(&self) {
+        let snap = self.shared.load();
+        let log = &snap.config.log;
+        if let Some(prev) = &snap.config.server.admin {
+            if Some(prev.port()) != self.admin_addr.map(|a| a.port()) && prev.port() != 0 {
+                tracing::warn!(admin = %prev, "the admin address changed; it takes effect at the next restart");
+            }
+        }
+        match (self.shared.access_log.load_full(), &log.access_log) {
+            (Some(l), crate::config::AccessLogTarget::Off) => {
+                let _ = l;
+                self.shared.access_log.store(None);
+            }
+            (Some(l), target) => l.update(target, log.access_log_format, log.access_log_query),
+            (None, target) => {
+                if let Some(l) = crate::access_log::AccessLog::start(
+                    target,
+                    log.access_log_format,
+                    log.access_log_query,
+                ) {
+                    self.shared.access_log.store(Some(Arc::new(l)));
+                }
+            }
+        }
+    }
+
+    /// Reopens the access log file (SIGUSR1, after logrotate).
+    pub fn reopen_logs(&self) {
+        if let Some(l) = self.shared.access_log.load_full() {
+            l.reopen(&self.shared.load().config.log.access_log);
+            tracing::info!("access log reopened");
+        }
     }
 
     pub fn generation(&self) -> u64 {
@@ -412,6 +495,7 @@ impl Gateway {
     /// Stops accepting, lets in-flight requests finish within `grace`, then returns.
     /// Returns false when connections were still open at the deadline.
     pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.ready.store(false, Ordering::SeqCst);
         let _ = self.shutdown_tx.send(true);
         for l in self
             .listeners
@@ -531,29 +615,33 @@ fn compare(
     changed.sort();
 }
 
-/// Runs the gateway until SIGTERM or SIGINT; SIGHUP reloads the config file.
+/// Runs the gateway until SIGTERM or SIGINT; SIGHUP reloads the config file, SIGUSR1 reopens
+/// the access log. Under systemd, reports READY, RELOADING, STATUS and STOPPING.
 pub async fn run(config: Config, options: Options) -> Result<(), StartError> {
     use tokio::signal::unix::{SignalKind, signal};
-    let gw = Gateway::start_with(config, options).await?;
     let sig = |k: SignalKind| {
         signal(k).map_err(|e| StartError::Build(format!("cannot install a signal handler: {e}")))
     };
     let mut term = sig(SignalKind::terminate())?;
     let mut int = sig(SignalKind::interrupt())?;
     let mut hup = sig(SignalKind::hangup())?;
-    tracing::info!(generation = gw.generation(), "gatehouse started");
+    let mut usr1 = sig(SignalKind::user_defined1())?;
+    let gw = Gateway::start_with(config, options).await?;
+    tokio::spawn(crate::reload::watch(gw.clone()));
+    crate::systemd::spawn_watchdog();
+    crate::systemd::ready(&format!("serving generation {}", gw.generation()));
+    tracing::info!(generation = gw.generation(), config = %gw.config_path().display(), "gatehouse started");
     let name = loop {
         tokio::select! {
             _ = term.recv() => break "SIGTERM",
             _ = int.recv() => break "SIGINT",
             _ = hup.recv() => {
-                match gw.reload().await {
-                    Ok(r) => tracing::info!(generation = r.generation, ms = r.millis as u64, changes = %r, "configuration reloaded (SIGHUP)"),
-                    Err(e) => tracing::error!(error = %e.summary(), "reload failed (SIGHUP); still serving the previous configuration"),
-                }
+                let _ = crate::reload::apply(&gw, "SIGHUP").await;
             }
+            _ = usr1.recv() => gw.reopen_logs(),
         }
     };
+    crate::systemd::stopping();
     let grace = gw.shutdown_grace();
     tracing::info!(
         signal = name,

@@ -23,6 +23,8 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod access_log;
+pub mod admin;
 pub mod body;
 pub mod clerk;
 pub mod cli;
@@ -30,12 +32,15 @@ pub mod config;
 pub mod error;
 pub mod gateway;
 pub mod headers;
+pub mod metrics;
 pub mod path;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod state;
 pub mod static_files;
+pub mod systemd;
 pub mod template;
 pub mod tls;
 pub mod upstream;

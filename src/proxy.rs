@@ -41,6 +41,9 @@ pub struct ConnInfo {
     /// The TLS server name, lowercased, when the client sent one.
     pub sni: Option<Box<str>>,
     pub activity: Arc<Activity>,
+    /// Counts this connection in `gatehouse_open_connections` from its first request (when its
+    /// protocol is known) until it closes.
+    pub gauge: std::sync::OnceLock<crate::metrics::ConnGauge>,
 }
 
 impl ConnInfo {
@@ -85,25 +88,167 @@ pub async fn serve(
 ) -> Result<Response<Body>, Infallible> {
     let guard = ActivityGuard::begin(&conn.activity);
     let started = Instant::now();
+    conn.gauge.get_or_init(|| {
+        let proto = if req.version() == Version::HTTP_2 {
+            "h2"
+        } else {
+            "h1"
+        };
+        crate::metrics::ConnGauge::open(if conn.tls { "https" } else { "http" }, proto)
+    });
     let snap = shared.load();
     let is_h1 = req.version() <= Version::HTTP_11;
     let method = req.method().clone();
-    let mut route_id: Option<Arc<str>> = None;
-    let mut resp = match handle(req, &conn, &snap, &mut route_id).await {
+    let log = shared.access_log.load_full().map(|l| {
+        let fields = LogFields::new(&req, &conn, &snap, l.with_query());
+        (l, fields)
+    });
+    let mut route: Option<Arc<Route>> = None;
+    let mut resp = match handle(req, &conn, &snap, &mut route).await {
         Ok(r) => r,
         Err(e) => {
+            let id = route.as_ref().map(|r| &*r.id).unwrap_or("-");
             if e.is_client_error() {
-                tracing::debug!(peer = %conn.peer, %method, route = route_id.as_deref().unwrap_or("-"), status = e.status().as_u16(), error = %e, "request refused");
+                tracing::debug!(peer = %conn.peer, %method, route = id, status = e.status().as_u16(), error = %e, "request refused");
             } else {
-                tracing::warn!(peer = %conn.peer, %method, route = route_id.as_deref().unwrap_or("-"), status = e.status().as_u16(), error = %e, "request failed");
+                tracing::warn!(peer = %conn.peer, %method, route = id, status = e.status().as_u16(), error = %e, "request failed");
             }
             error_response(&e, is_h1)
         }
     };
-    let _ = started;
+    let finish = Finish {
+        _guard: guard,
+        started,
+        method,
+        status: resp.status(),
+        route,
+        upstream: resp.extensions_mut().remove::<UpstreamUsed>(),
+        body_stats: resp.extensions().get::<Arc<RequestBodyStats>>().cloned(),
+        generation: snap.generation,
+        log,
+    };
     resp.body_mut()
-        .on_complete(Box::new(move |_outcome| drop(guard)));
+        .on_complete(Box::new(move |outcome| finish.done(outcome)));
     Ok(resp)
+}
+
+/// The backend that answered, attached to the response for logs and metrics; it also keeps the
+/// upstream's active-requests gauge up until the response body ends.
+#[derive(Debug, Clone)]
+pub(crate) struct UpstreamUsed {
+    pub label: Arc<str>,
+    _active: Arc<crate::metrics::ActiveUpstream>,
+}
+
+/// Access-log fields taken from the request before it is consumed.
+struct LogFields {
+    time: std::time::SystemTime,
+    client_ip: IpAddr,
+    host: String,
+    target: String,
+    version: &'static str,
+    referer: Option<String>,
+    user_agent: Option<String>,
+}
+
+impl LogFields {
+    fn new(
+        req: &Request<Incoming>,
+        conn: &ConnInfo,
+        snap: &Snapshot,
+        with_query: bool,
+    ) -> LogFields {
+        let h = req.headers();
+        let text = |name| {
+            h.get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| text(header::HOST))
+            .unwrap_or_default();
+        let target = match (with_query, req.uri().query()) {
+            (true, Some(q)) => format!("{}?{q}", req.uri().path()),
+            _ => req.uri().path().to_owned(),
+        };
+        LogFields {
+            time: std::time::SystemTime::now(),
+            client_ip: headers::client_ip(conn.peer.ip(), h, &snap.trusted),
+            host,
+            target,
+            version: match req.version() {
+                Version::HTTP_10 => "HTTP/1.0",
+                Version::HTTP_2 => "HTTP/2.0",
+                _ => "HTTP/1.1",
+            },
+            referer: text(header::REFERER),
+            user_agent: text(header::USER_AGENT),
+        }
+    }
+}
+
+/// Runs when the response body ends: metrics, the access log line, and the connection's
+/// activity (dropping the guard marks the connection idle).
+struct Finish {
+    _guard: ActivityGuard,
+    started: Instant,
+    method: Method,
+    status: StatusCode,
+    route: Option<Arc<Route>>,
+    upstream: Option<UpstreamUsed>,
+    body_stats: Option<Arc<RequestBodyStats>>,
+    generation: u64,
+    log: Option<(Arc<crate::access_log::AccessLog>, LogFields)>,
+}
+
+impl Finish {
+    fn done(self, outcome: crate::body::BodyOutcome) {
+        let elapsed = self.started.elapsed();
+        let bytes_in = self
+            .body_stats
+            .as_ref()
+            .map(|s| s.bytes.load(std::sync::atomic::Ordering::Relaxed))
+            .unwrap_or(0);
+        let metrics = self
+            .route
+            .as_ref()
+            .map(|r| &r.metrics)
+            .unwrap_or_else(|| crate::metrics::unmatched());
+        metrics.record(
+            crate::metrics::method_class(&self.method),
+            self.status,
+            elapsed,
+            bytes_in,
+            outcome.bytes,
+        );
+        if let Some((log, f)) = self.log {
+            let (site, route) = match &self.route {
+                Some(r) => (r.site.clone(), r.id.clone()),
+                None => (Arc::from("-"), Arc::from("-")),
+            };
+            log.log(&crate::access_log::Entry {
+                time: f.time,
+                client_ip: f.client_ip,
+                host: f.host,
+                method: self.method.to_string(),
+                target: f.target,
+                version: f.version,
+                status: self.status.as_u16(),
+                bytes_in,
+                bytes_out: outcome.bytes,
+                duration: elapsed,
+                site,
+                route,
+                upstream: self.upstream.as_ref().map(|u| u.label.to_string()),
+                generation: self.generation,
+                referer: f.referer,
+                user_agent: f.user_agent,
+            });
+        }
+    }
 }
 
 /// A short plain-text error response. On HTTP/1, a 413 also closes the connection so the unread
@@ -142,7 +287,7 @@ async fn handle(
     req: Request<Incoming>,
     conn: &ConnInfo,
     snap: &Snapshot,
-    route_id: &mut Option<Arc<str>>,
+    matched: &mut Option<Arc<Route>>,
 ) -> Result<Response<Body>, ProxyError> {
     // Host: the h2 `:authority` (or an absolute-form target) wins over the Host header
     // (RFC 9110 §7.2, RFC 9112 §3.2.2).
@@ -191,7 +336,7 @@ async fn handle(
         .routes
         .lookup(&normalized.path)
         .ok_or(ProxyError::NoRoute)?;
-    *route_id = Some(route.id.clone());
+    *matched = Some(route.clone());
     let route = route.clone();
     let prefix = prefix.to_owned();
     let ambiguous = normalized.ambiguous;
@@ -352,12 +497,13 @@ async fn to_upstream(
         },
         http2: opts.http2,
     };
-    let (mut resp, backend) =
+    let Forwarded { mut resp, backend } =
         forward(up, out, body, opts.timeouts.response, opts.limits.max_body).await?;
 
     if let Some(client_on) = upgrade {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return Ok(splice_upgrade(client_on, resp, &backend));
+            let listener = if cx.conn.tls { "https" } else { "http" };
+            return Ok(splice_upgrade(client_on, resp, &backend, listener));
         }
     }
     headers::strip_hop_by_hop(resp.headers_mut());
@@ -384,10 +530,12 @@ fn splice_upgrade(
     client_on: hyper::upgrade::OnUpgrade,
     mut resp: Response<Incoming>,
     backend: &Backend,
+    listener: &'static str,
 ) -> Response<Body> {
     let upstream_on = hyper::upgrade::on(&mut resp);
     let label = backend.label.clone();
     tokio::spawn(async move {
+        let _open = crate::metrics::ConnGauge::open(listener, "websocket");
         let (client, upstream) = tokio::join!(client_on, upstream_on);
         match (client, upstream) {
             (Ok(c), Ok(u)) => {
@@ -438,7 +586,7 @@ pub(crate) async fn forward(
     body: Incoming,
     response_timeout: std::time::Duration,
     max_body: u64,
-) -> Result<(Response<Incoming>, Arc<Backend>), ProxyError> {
+) -> Result<Forwarded, ProxyError> {
     let bodiless = body.is_end_stream();
     let can_retry = bodiless && up.backends.len() > 1;
     let mut body = Some(body);
@@ -505,19 +653,29 @@ pub(crate) async fn forward(
             }
             tokio::time::sleep(response_timeout).await;
         };
+        let active = crate::metrics::ActiveUpstream::start(backend.label.clone());
         let result = tokio::select! {
             r = up.client.request(req) => r,
             _ = timer => {
-                return Err(ProxyError::UpstreamTimeout { backend: backend.label.clone(), timeout_ms: response_timeout.as_millis() });
+                crate::metrics::upstream_error(&backend.label, "timeout");
+                return Err(ProxyError::UpstreamTimeout { backend: backend.label.to_string(), timeout_ms: response_timeout.as_millis() });
             }
         };
         match result {
-            Ok(resp) => return Ok((resp, backend)),
+            Ok(mut resp) => {
+                resp.extensions_mut().insert(UpstreamUsed {
+                    label: backend.label.clone(),
+                    _active: Arc::new(active),
+                });
+                resp.extensions_mut().insert(stats.clone());
+                return Ok(Forwarded { resp, backend });
+            }
             Err(e) => {
                 if stats.too_large.load(std::sync::atomic::Ordering::Relaxed) {
                     return Err(ProxyError::BodyTooLarge(max_body));
                 }
                 let kind = classify(&e);
+                crate::metrics::upstream_error(&backend.label, kind.label());
                 if matches!(kind, FailureKind::Refused | FailureKind::ConnectTimeout) {
                     up.mark_down(&backend);
                 }
@@ -526,13 +684,20 @@ pub(crate) async fn forward(
                     continue;
                 }
                 return Err(ProxyError::Upstream {
-                    backend: backend.label.clone(),
+                    backend: backend.label.to_string(),
                     kind,
                     detail: error_chain(&e),
                 });
             }
         }
     }
+}
+
+/// A response from a backend. Its extensions carry [`UpstreamUsed`] and the request body's
+/// byte count for the completion hook.
+pub(crate) struct Forwarded {
+    pub resp: Response<Incoming>,
+    pub backend: Arc<Backend>,
 }
 
 /// The error and its causes on one line, for the log.

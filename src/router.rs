@@ -103,6 +103,11 @@ impl<T> RouteTable<T> {
         self.exact.len() + self.prefixes.len()
     }
 
+    /// Every route, in no particular order.
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.exact.values().chain(self.prefixes.values())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -198,6 +198,15 @@ pub enum ListenerKind {
     Https,
 }
 
+impl ListenerKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            ListenerKind::Http => "http",
+            ListenerKind::Https => "https",
+        }
+    }
+}
+
 /// Everything a connection task needs, shared by all listeners.
 pub struct ServerCtx {
     pub shared: Arc<Shared>,
@@ -275,6 +284,7 @@ async fn handle_accept_error(e: io::Error) {
 }
 
 async fn serve_tcp(tcp: TcpStream, peer: SocketAddr, kind: ListenerKind, ctx: &ServerCtx) {
+    crate::metrics::connection_accepted(kind.label());
     let local = tcp.local_addr().unwrap_or(peer);
     let snap = ctx.shared.load();
     let server = &snap.config.server;
@@ -294,6 +304,7 @@ async fn serve_tcp(tcp: TcpStream, peer: SocketAddr, kind: ListenerKind, ctx: &S
                 tls: false,
                 sni: None,
                 activity: activity.clone(),
+                gauge: Default::default(),
             });
             let io = TrackedIo {
                 inner: tcp,
@@ -318,6 +329,7 @@ async fn serve_tcp(tcp: TcpStream, peer: SocketAddr, kind: ListenerKind, ctx: &S
                 tls: true,
                 sni: accepted.sni.map(String::into_boxed_str),
                 activity: activity.clone(),
+                gauge: Default::default(),
             });
             let io = TrackedIo {
                 inner: accepted.stream,

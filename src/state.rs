@@ -23,6 +23,7 @@ use crate::config::{
     TargetConfig, TlsSource, UpstreamConfig, defaults,
 };
 use crate::headers::TrustedProxies;
+use crate::metrics::RouteMetrics;
 use crate::router::{HostPattern, HostTable, PathMatch, RouteTable};
 use crate::tls::{CertSource, LoadedCert};
 use crate::upstream::{Backend, ClientCache, ClientProfile, Upstream};
@@ -59,6 +60,7 @@ pub struct Route {
     pub matcher: PathMatch,
     pub target: Target,
     pub options: RouteOptions,
+    pub metrics: RouteMetrics,
 }
 
 /// A compiled site.
@@ -183,6 +185,10 @@ impl Snapshot {
                                 matcher: rc.matcher.clone(),
                                 target: Target::Upstream(Arc::new(upstream_for(u, &profile)?)),
                                 options: rc.options.clone(),
+                                metrics: RouteMetrics::new(
+                                    name.clone(),
+                                    format!("{}~fallback", rc.id).into(),
+                                ),
                             })),
                         };
                         Target::Static(Arc::new(StaticTarget {
@@ -191,8 +197,10 @@ impl Snapshot {
                         }))
                     }
                 };
+                let id: Arc<str> = rc.id.as_str().into();
                 let route = Arc::new(Route {
-                    id: rc.id.as_str().into(),
+                    metrics: RouteMetrics::new(name.clone(), id.clone()),
+                    id,
                     site: name.clone(),
                     matcher: rc.matcher.clone(),
                     target,
@@ -244,6 +252,17 @@ impl Snapshot {
             .and_then(|i| self.sites[i].cert.as_ref().map(|c| c.key.clone()))
     }
 
+    /// Every upstream pool of this snapshot (app routes, static fallbacks, Clerk routes).
+    pub fn upstreams(&self) -> Vec<&Upstream> {
+        let mut out = Vec::new();
+        for site in &self.sites {
+            for route in site.routes.values() {
+                collect_upstreams(route, &mut out);
+            }
+        }
+        out
+    }
+
     /// Every client profile this snapshot uses (the cache drops the others after a swap).
     pub fn client_profiles(&self) -> Vec<ClientProfile> {
         let mut out = Vec::new();
@@ -282,6 +301,8 @@ fn clerk_profile(o: &RouteOptions) -> ClientProfile {
 pub struct Shared {
     current: ArcSwap<Snapshot>,
     pub clients: ClientCache,
+    /// The access log writer, when `[log] access_log` is on.
+    pub access_log: arc_swap::ArcSwapOption<crate::access_log::AccessLog>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -297,6 +318,7 @@ impl Shared {
         Shared {
             current: ArcSwap::from_pointee(first),
             clients,
+            access_log: arc_swap::ArcSwapOption::empty(),
         }
     }
 
@@ -316,5 +338,20 @@ impl Shared {
 impl CertSource for Shared {
     fn cert_for(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         self.current.load().cert_for(sni)
+    }
+}
+
+fn collect_upstreams<'a>(route: &'a Route, out: &mut Vec<&'a Upstream>) {
+    match &route.target {
+        Target::Upstream(u) => out.push(u),
+        Target::Clerk(c) => out.push(&c.upstream),
+        Target::Static(s) => {
+            if let Some(fb) = &s.fallback {
+                if matches!(fb.target, Target::Upstream(_)) {
+                    collect_upstreams(fb, out);
+                }
+            }
+        }
+        Target::Redirect(_) | Target::Respond(_) => {}
     }
 }

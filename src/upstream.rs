@@ -22,14 +22,14 @@ use std::time::{Duration, Instant};
 use http::uri::Scheme;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::UpstreamBody;
 use crate::config::BackendUrl;
 
 /// The client type every upstream call goes through.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+pub type HttpClient = Client<Counting<HttpsConnector<HttpConnector>>, UpstreamBody>;
 
 /// What makes two routes need different clients.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -87,7 +87,106 @@ fn build_client(p: &ClientProfile) -> Result<HttpClient, String> {
         .timer(TokioTimer::new())
         .set_host(false)
         .http2_only(p.http2);
-    Ok(b.build(connector))
+    Ok(b.build(Counting(connector)))
+}
+
+/// A connector that counts open upstream connections per `scheme://authority`
+/// (`gatehouse_upstream_open_connections`), so idle pooled connections are visible.
+#[derive(Clone)]
+pub struct Counting<C>(C);
+
+impl<C> tower_service::Service<http::Uri> for Counting<C>
+where
+    C: tower_service::Service<http::Uri> + Send,
+    C::Future: Send + 'static,
+    C::Response: hyper::rt::Read + hyper::rt::Write + Connection + Unpin + Send + 'static,
+{
+    type Response = Counted<C::Response>;
+    type Error = C::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let label = format!(
+            "{}://{}",
+            uri.scheme_str().unwrap_or("http"),
+            uri.authority().map(|a| a.as_str()).unwrap_or("")
+        );
+        let fut = self.0.call(uri);
+        Box::pin(async move {
+            let io = fut.await?;
+            ::metrics::gauge!(crate::metrics::UPSTREAM_OPEN_CONNECTIONS, "upstream" => label.clone()).increment(1.0);
+            Ok(Counted { io, label })
+        })
+    }
+}
+
+/// An upstream connection that decrements the open-connections gauge when it closes.
+pub struct Counted<T> {
+    io: T,
+    label: String,
+}
+
+impl<T> Drop for Counted<T> {
+    fn drop(&mut self) {
+        ::metrics::gauge!(crate::metrics::UPSTREAM_OPEN_CONNECTIONS, "upstream" => self.label.clone()).decrement(1.0);
+    }
+}
+
+impl<T: Connection> Connection for Counted<T> {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        self.io.connected()
+    }
+}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for Counted<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Counted<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
 }
 
 /// Milliseconds since the process started: a cheap monotonic clock for cool-off deadlines.
@@ -102,7 +201,7 @@ pub struct Backend {
     pub url: BackendUrl,
     pub scheme: Scheme,
     /// `scheme://host:port`, the label in logs and metrics.
-    pub label: String,
+    pub label: Arc<str>,
     /// When the cool-off ends (ms on [`now_ms`]'s clock); 0 = healthy.
     down_until: AtomicU64,
 }
@@ -114,7 +213,7 @@ impl Backend {
         } else {
             Scheme::HTTP
         };
-        let label = format!("{}://{}", scheme, url.authority);
+        let label: Arc<str> = format!("{}://{}", scheme, url.authority).into();
         Backend {
             url,
             scheme,
@@ -178,10 +277,14 @@ impl Upstream {
         }
     }
 
-    /// How many backends are currently cooling off.
-    pub fn down_count(&self) -> usize {
+    /// The backends currently cooling off.
+    pub fn down_backends(&self) -> Vec<Arc<Backend>> {
         let now = now_ms();
-        self.backends.iter().filter(|b| !b.is_up(now)).count()
+        self.backends
+            .iter()
+            .filter(|b| !b.is_up(now))
+            .cloned()
+            .collect()
     }
 }
 

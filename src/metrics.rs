@@ -1,0 +1,385 @@
+//! Metric names, their descriptions, and cheap per-route handles.
+//!
+//! Every metric name is a constant here and is described once at start-up ([`describe`]).
+//! Labels are bounded: site names and route ids come from the config, upstreams from the config's
+//! URLs, never a raw path or Host from a request.
+//!
+//! The request path must not hash label sets per request, so each route keeps its own handles,
+//! created on the route's first request ([`RouteMetrics`]). Gauges that describe the current
+//! snapshot (backend health, certificate expiry, config generation) are computed when
+//! `/metrics` is scraped.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use ::metrics::{
+    Counter, Histogram, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+    histogram,
+};
+use http::{Method, StatusCode};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS: &str = "gatehouse_requests_total";
+pub const REQUEST_DURATION: &str = "gatehouse_request_duration_seconds";
+pub const REQUEST_BYTES: &str = "gatehouse_request_bytes_total";
+pub const RESPONSE_BYTES: &str = "gatehouse_response_bytes_total";
+pub const UPSTREAM_ERRORS: &str = "gatehouse_upstream_errors_total";
+pub const UPSTREAM_OPEN_CONNECTIONS: &str = "gatehouse_upstream_open_connections";
+pub const UPSTREAM_ACTIVE_REQUESTS: &str = "gatehouse_upstream_active_requests";
+pub const BACKEND_UP: &str = "gatehouse_backend_up";
+pub const OPEN_CONNECTIONS: &str = "gatehouse_open_connections";
+pub const CONNECTIONS: &str = "gatehouse_connections_total";
+pub const TLS_HANDSHAKES: &str = "gatehouse_tls_handshakes_total";
+pub const TLS_HANDSHAKE_FAILURES: &str = "gatehouse_tls_handshake_failures_total";
+pub const CERT_EXPIRY: &str = "gatehouse_certificate_expiry_seconds";
+pub const CONFIG_GENERATION: &str = "gatehouse_config_generation";
+pub const CONFIG_LAST_RELOAD: &str = "gatehouse_config_last_reload_timestamp_seconds";
+pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "gatehouse_config_last_reload_success";
+pub const CONFIG_RELOAD_ERRORS: &str = "gatehouse_config_reload_errors_total";
+pub const CONFIG_RELOAD_DURATION: &str = "gatehouse_config_reload_duration_seconds";
+pub const CLERK_REQUESTS: &str = "gatehouse_clerk_requests_total";
+pub const CLERK_ERRORS: &str = "gatehouse_clerk_errors_total";
+pub const ACCESS_LOG_DROPPED: &str = "gatehouse_access_log_dropped_total";
+
+/// Latency buckets (seconds): nginx-class proxies answer in well under a millisecond, apps in
+/// tens to hundreds of milliseconds.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Installs the Prometheus recorder once per process and returns its handle. Later calls (tests
+/// that start several gateways) get the same handle.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets(&BUCKETS)
+                .expect("the bucket list is not empty");
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if ::metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+            }
+            describe();
+            handle
+        })
+        .clone()
+}
+
+/// Starts [`spawn_upkeep`] once per process.
+pub fn spawn_upkeep_once(handle: PrometheusHandle) {
+    static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !STARTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        spawn_upkeep(handle);
+    }
+}
+
+/// Drains histogram samples into their buckets; the exporter needs this called regularly.
+pub fn spawn_upkeep(handle: PrometheusHandle) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            handle.run_upkeep();
+        }
+    });
+}
+
+fn describe() {
+    describe_counter!(
+        REQUESTS,
+        "Requests answered, by site, route, method class and status class"
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        ::metrics::Unit::Seconds,
+        "Time from request head to the last response byte"
+    );
+    describe_counter!(
+        REQUEST_BYTES,
+        ::metrics::Unit::Bytes,
+        "Request body bytes received from clients"
+    );
+    describe_counter!(
+        RESPONSE_BYTES,
+        ::metrics::Unit::Bytes,
+        "Response body bytes sent to clients"
+    );
+    describe_counter!(
+        UPSTREAM_ERRORS,
+        "Failed upstream calls, by upstream and kind (refused, connect_timeout, timeout, reset, tls, dns)"
+    );
+    describe_gauge!(
+        UPSTREAM_OPEN_CONNECTIONS,
+        "Open connections to an upstream (active and idle in the pool)"
+    );
+    describe_gauge!(
+        UPSTREAM_ACTIVE_REQUESTS,
+        "Requests in flight to an upstream; idle pooled connections = open - active"
+    );
+    describe_gauge!(
+        BACKEND_UP,
+        "1 when a backend is in rotation, 0 while it is cooling off after a failure"
+    );
+    describe_gauge!(
+        OPEN_CONNECTIONS,
+        "Open client connections, by listener and protocol (h1, h2, websocket)"
+    );
+    describe_counter!(CONNECTIONS, "Client connections accepted, by listener");
+    describe_counter!(
+        TLS_HANDSHAKES,
+        "TLS handshakes completed, by negotiated protocol"
+    );
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES,
+        "TLS handshakes that failed, by reason"
+    );
+    describe_gauge!(
+        CERT_EXPIRY,
+        ::metrics::Unit::Seconds,
+        "Seconds until a site's certificate expires"
+    );
+    describe_gauge!(
+        CONFIG_GENERATION,
+        "Generation of the configuration being served"
+    );
+    describe_gauge!(
+        CONFIG_LAST_RELOAD,
+        ::metrics::Unit::Seconds,
+        "Unix time of the last reload attempt"
+    );
+    describe_gauge!(
+        CONFIG_LAST_RELOAD_SUCCESS,
+        "1 when the last reload attempt succeeded"
+    );
+    describe_counter!(
+        CONFIG_RELOAD_ERRORS,
+        "Reload attempts refused (the previous configuration kept serving)"
+    );
+    describe_histogram!(
+        CONFIG_RELOAD_DURATION,
+        ::metrics::Unit::Seconds,
+        "Time to validate and swap in a configuration"
+    );
+    describe_counter!(
+        CLERK_REQUESTS,
+        "Requests sent to Clerk's Frontend API, by route and status class"
+    );
+    describe_counter!(CLERK_ERRORS, "Clerk proxy errors, by route and error code");
+    describe_counter!(
+        ACCESS_LOG_DROPPED,
+        "Access log lines dropped because the writer fell behind"
+    );
+}
+
+/// `GET`, `POST`, ... or `other`: a bounded method label.
+pub fn method_class(m: &Method) -> usize {
+    match *m {
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::PATCH => 4,
+        Method::DELETE => 5,
+        Method::OPTIONS => 6,
+        _ => 7,
+    }
+}
+
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other",
+];
+const STATUSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+pub fn status_class(s: StatusCode) -> usize {
+    ((s.as_u16() / 100).clamp(1, 5) - 1) as usize
+}
+
+pub fn status_label(s: StatusCode) -> &'static str {
+    STATUSES[status_class(s)]
+}
+
+struct Handles {
+    requests: [[OnceLock<Counter>; 5]; 8],
+    duration: [[OnceLock<Histogram>; 5]; 8],
+    bytes_in: Counter,
+    bytes_out: Counter,
+}
+
+/// One route's metric handles, made on its first request.
+#[derive(Default)]
+pub struct RouteMetrics {
+    site: Arc<str>,
+    route: Arc<str>,
+    handles: OnceLock<Box<Handles>>,
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteMetrics")
+            .field("route", &self.route)
+            .finish()
+    }
+}
+
+impl RouteMetrics {
+    pub fn new(site: Arc<str>, route: Arc<str>) -> RouteMetrics {
+        RouteMetrics {
+            site,
+            route,
+            handles: OnceLock::new(),
+        }
+    }
+
+    fn handles(&self) -> &Handles {
+        self.handles.get_or_init(|| {
+            let labels = [
+                ("site", self.site.to_string()),
+                ("route", self.route.to_string()),
+            ];
+            Box::new(Handles {
+                requests: Default::default(),
+                duration: Default::default(),
+                bytes_in: counter!(REQUEST_BYTES, &labels),
+                bytes_out: counter!(RESPONSE_BYTES, &labels),
+            })
+        })
+    }
+
+    /// Records one finished request.
+    pub fn record(
+        &self,
+        method: usize,
+        status: StatusCode,
+        elapsed: Duration,
+        bytes_in: u64,
+        bytes_out: u64,
+    ) {
+        let h = self.handles();
+        let s = status_class(status);
+        let m = method.min(7);
+        let labels = || {
+            [
+                ("site", self.site.to_string()),
+                ("route", self.route.to_string()),
+                ("method", METHODS[m].to_string()),
+                ("status", STATUSES[s].to_string()),
+            ]
+        };
+        h.requests[m][s]
+            .get_or_init(|| counter!(REQUESTS, &labels()))
+            .increment(1);
+        h.duration[m][s]
+            .get_or_init(|| histogram!(REQUEST_DURATION, &labels()))
+            .record(elapsed.as_secs_f64());
+        if bytes_in > 0 {
+            h.bytes_in.increment(bytes_in);
+        }
+        if bytes_out > 0 {
+            h.bytes_out.increment(bytes_out);
+        }
+    }
+}
+
+/// The handles for requests that matched no route.
+pub fn unmatched() -> &'static RouteMetrics {
+    static M: OnceLock<RouteMetrics> = OnceLock::new();
+    M.get_or_init(|| RouteMetrics::new("-".into(), "-".into()))
+}
+
+/// A failed upstream call.
+pub fn upstream_error(upstream: &str, kind: &'static str) {
+    counter!(UPSTREAM_ERRORS, "upstream" => upstream.to_string(), "kind" => kind).increment(1);
+}
+
+/// An open client connection, counted while this guard lives.
+#[derive(Debug)]
+pub struct ConnGauge {
+    listener: &'static str,
+    protocol: &'static str,
+}
+
+impl ConnGauge {
+    pub fn open(listener: &'static str, protocol: &'static str) -> ConnGauge {
+        gauge!(OPEN_CONNECTIONS, "listener" => listener, "protocol" => protocol).increment(1.0);
+        ConnGauge { listener, protocol }
+    }
+}
+
+impl Drop for ConnGauge {
+    fn drop(&mut self) {
+        gauge!(OPEN_CONNECTIONS, "listener" => self.listener, "protocol" => self.protocol)
+            .decrement(1.0);
+    }
+}
+
+pub fn connection_accepted(listener: &'static str) {
+    counter!(CONNECTIONS, "listener" => listener).increment(1);
+}
+
+pub fn tls_handshake(ok: Result<&'static str, &'static str>) {
+    match ok {
+        Ok(proto) => counter!(TLS_HANDSHAKES, "protocol" => proto).increment(1),
+        Err(reason) => counter!(TLS_HANDSHAKE_FAILURES, "reason" => reason).increment(1),
+    }
+}
+
+pub fn clerk_request(route: &str, status: StatusCode) {
+    counter!(CLERK_REQUESTS, "route" => route.to_string(), "status" => status_label(status))
+        .increment(1);
+}
+
+pub fn clerk_error(route: &str, code: &'static str) {
+    counter!(CLERK_ERRORS, "route" => route.to_string(), "code" => code).increment(1);
+}
+
+/// Records a reload attempt.
+pub fn reload(ok: bool, generation: u64, took: Duration) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    gauge!(CONFIG_LAST_RELOAD).set(now);
+    gauge!(CONFIG_LAST_RELOAD_SUCCESS).set(if ok { 1.0 } else { 0.0 });
+    if ok {
+        gauge!(CONFIG_GENERATION).set(generation as f64);
+    } else {
+        counter!(CONFIG_RELOAD_ERRORS).increment(1);
+    }
+    histogram!(CONFIG_RELOAD_DURATION).record(took.as_secs_f64());
+}
+
+/// Sets the gauges that describe the snapshot being served; called on every scrape.
+pub fn snapshot_gauges(snap: &crate::state::Snapshot) {
+    gauge!(CONFIG_GENERATION).set(snap.generation as f64);
+    for site in &snap.sites {
+        if let Some(cert) = &site.cert {
+            gauge!(CERT_EXPIRY, "site" => site.name.to_string()).set(cert.seconds_left() as f64);
+        }
+    }
+    for up in snap.upstreams() {
+        let down = up.down_backends();
+        for b in &up.backends {
+            let is_down = down.iter().any(|d| Arc::ptr_eq(d, b));
+            gauge!(BACKEND_UP, "upstream" => b.label.clone()).set(if is_down { 0.0 } else { 1.0 });
+        }
+    }
+}
+
+/// A request in flight to an upstream, counted while this guard lives.
+#[derive(Debug)]
+pub struct ActiveUpstream(Arc<str>);
+
+impl ActiveUpstream {
+    pub fn start(upstream: Arc<str>) -> ActiveUpstream {
+        gauge!(UPSTREAM_ACTIVE_REQUESTS, "upstream" => upstream.to_string()).increment(1.0);
+        ActiveUpstream(upstream)
+    }
+}
+
+impl Drop for ActiveUpstream {
+    fn drop(&mut self) {
+        gauge!(UPSTREAM_ACTIVE_REQUESTS, "upstream" => self.0.to_string()).decrement(1.0);
+    }
+}
