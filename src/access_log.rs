@@ -159,9 +159,9 @@ fn handle(out: &mut Box<dyn std::io::Write + Send>, msg: Msg) {
 /// "$http_user_agent" host= in= rt= site= route= upstream= gen=`.
 pub fn combined(e: &Entry) -> String {
     let mut s = String::with_capacity(256);
-    let _ = write!(
+    let _ = writeln!(
         s,
-        "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" host={} in={} rt={:.3} site={} route={} upstream={} gen={}\n",
+        "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" host={} in={} rt={:.3} site={} route={} upstream={} gen={}",
         e.client_ip,
         clf_time(e.time),
         e.method,
