@@ -158,6 +158,8 @@ pub struct Gateway {
     ready: AtomicBool,
     /// The admin listener's bound address.
     admin_addr: Option<SocketAddr>,
+    /// Publishes the generation after every swap (tests and tools wait on it).
+    generation_tx: watch::Sender<u64>,
 }
 
 impl Gateway {
@@ -243,6 +245,7 @@ impl Gateway {
             }),
             started_at: Instant::now(),
             ready: AtomicBool::new(false),
+            generation_tx: watch::channel(1).0,
             admin_addr: admin.as_ref().and_then(|l| l.local_addr().ok()),
         });
         if let Some(admin) = admin {
@@ -318,6 +321,11 @@ impl Gateway {
     /// Listeners bound, a valid config loaded, and not shutting down.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Changes whenever a new configuration is swapped in.
+    pub fn subscribe_generation(&self) -> watch::Receiver<u64> {
+        self.generation_tx.subscribe()
     }
 
     /// Fires (changes to `true`) when shutdown starts.
@@ -466,7 +474,9 @@ impl Gateway {
             tracing::warn!("{w}");
         }
         let same_file = prev.config.hash == next.config.hash;
+        let generation = next.generation;
         self.shared.store(Arc::new(next));
+        self.generation_tx.send_replace(generation);
         for (kind, addr, l) in fresh {
             report.listeners_added.push(l.local_addr().unwrap_or(addr));
             self.spawn_listener(kind, addr, l);
@@ -627,7 +637,7 @@ pub async fn run(config: Config, options: Options) -> Result<(), StartError> {
     let mut hup = sig(SignalKind::hangup())?;
     let mut usr1 = sig(SignalKind::user_defined1())?;
     let gw = Gateway::start_with(config, options).await?;
-    tokio::spawn(crate::reload::watch(gw.clone()));
+    crate::reload::spawn_watcher(gw.clone()).await;
     crate::systemd::spawn_watchdog();
     crate::systemd::ready(&format!("serving generation {}", gw.generation()));
     tracing::info!(generation = gw.generation(), config = %gw.config_path().display(), "gatehouse started");

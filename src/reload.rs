@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::Notify;
 
+use crate::config::Fingerprint;
 use crate::gateway::{Gateway, ReloadError, ReloadReport};
 
 /// Quiet time after the last file event before the files are checked.
@@ -54,27 +55,6 @@ pub async fn apply(gw: &Gateway, trigger: &'static str) -> Result<ReloadReport, 
     result
 }
 
-/// The content of every watched file: a change in any of them means "reload".
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Fingerprint(Vec<(PathBuf, Option<[u8; 32]>)>);
-
-fn fingerprint(files: &[PathBuf]) -> Fingerprint {
-    Fingerprint(
-        files
-            .iter()
-            .map(|p| {
-                let digest = std::fs::read(p).ok().map(|b| {
-                    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &b);
-                    let mut out = [0u8; 32];
-                    out.copy_from_slice(d.as_ref());
-                    out
-                });
-                (p.clone(), digest)
-            })
-            .collect(),
-    )
-}
-
 /// Folders to watch for `files`: each file's folder, and the folder of its symlink target.
 fn folders(files: &[PathBuf]) -> BTreeSet<PathBuf> {
     let mut out = BTreeSet::new();
@@ -91,8 +71,9 @@ fn folders(files: &[PathBuf]) -> BTreeSet<PathBuf> {
     out
 }
 
-/// Watches the config and its files until the gateway shuts down.
-pub async fn watch(gw: Arc<Gateway>) {
+/// Starts watching the config and its files; returns once the watches are in place, so a write
+/// made after this returns is never missed. The watcher stops when the gateway shuts down.
+pub async fn spawn_watcher(gw: Arc<Gateway>) -> tokio::task::JoinHandle<()> {
     let wake = Arc::new(Notify::new());
     let wake2 = wake.clone();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -100,45 +81,59 @@ pub async fn watch(gw: Arc<Gateway>) {
             wake2.notify_one();
         }
     });
-    let mut watcher = match watcher {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch files; polling them every second instead");
-            None
-        }
-    };
-    let mut shutdown = gw.shutdown_signal();
-    let mut watched: BTreeSet<PathBuf> = BTreeSet::new();
-    let files = gw.shared.load().config.files.clone();
-    let mut last = tokio::task::spawn_blocking({
-        let f = files.clone();
-        move || fingerprint(&f)
-    })
-    .await
-    .unwrap_or(Fingerprint(Vec::new()));
-    loop {
-        let files = gw.shared.load().config.files.clone();
-        if let Some(w) = watcher.as_mut() {
-            let want = folders(&files);
-            for gone in watched.difference(&want).cloned().collect::<Vec<_>>() {
-                let _ = w.unwatch(&gone);
-                watched.remove(&gone);
+    let mut w = Watch {
+        watcher: match watcher {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch files; polling them every second instead");
+                None
             }
-            for dir in want {
-                if !watched.contains(&dir) {
-                    match w.watch(&dir, RecursiveMode::NonRecursive) {
-                        Ok(()) => {
-                            watched.insert(dir);
-                        }
-                        Err(e) => {
-                            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch folder; changes in it need SIGHUP")
-                        }
+        },
+        folders: BTreeSet::new(),
+    };
+    w.update(&gw.shared.load().config.files);
+    // Anything written between the load and the watches being in place is caught here.
+    wake.notify_one();
+    tokio::spawn(watch_loop(gw, w, wake))
+}
+
+struct Watch {
+    watcher: Option<notify::RecommendedWatcher>,
+    folders: BTreeSet<PathBuf>,
+}
+
+impl Watch {
+    /// Watches the folders of `files`, and stops watching folders no longer needed.
+    fn update(&mut self, files: &[PathBuf]) {
+        let Some(w) = self.watcher.as_mut() else {
+            return;
+        };
+        let want = folders(files);
+        for gone in self.folders.difference(&want).cloned().collect::<Vec<_>>() {
+            let _ = w.unwatch(&gone);
+            self.folders.remove(&gone);
+        }
+        for dir in want {
+            if !self.folders.contains(&dir) {
+                match w.watch(&dir, RecursiveMode::NonRecursive) {
+                    Ok(()) => {
+                        self.folders.insert(dir);
+                    }
+                    Err(e) => {
+                        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch folder; changes in it need SIGHUP")
                     }
                 }
             }
         }
-        // Wait for an event (or a poll tick), then for the burst to end.
-        let poll = if watcher.is_some() {
+    }
+}
+
+async fn watch_loop(gw: Arc<Gateway>, mut w: Watch, wake: Arc<Notify>) {
+    let mut shutdown = gw.shutdown_signal();
+    // What the files held when the serving config was loaded (or last attempted).
+    let mut last = gw.shared.load().config.fingerprint.clone();
+    loop {
+        let poll = if w.watcher.is_some() {
             Duration::from_secs(3600)
         } else {
             Duration::from_secs(1)
@@ -148,6 +143,7 @@ pub async fn watch(gw: Arc<Gateway>) {
             _ = tokio::time::sleep(poll) => {}
             _ = shutdown.changed() => return,
         }
+        // Let the burst of events (an editor's save, certbot's renewal) end.
         loop {
             tokio::select! {
                 _ = wake.notified() => continue,
@@ -155,22 +151,18 @@ pub async fn watch(gw: Arc<Gateway>) {
                 _ = shutdown.changed() => return,
             }
         }
-        let now = {
-            let f = files.clone();
-            tokio::task::spawn_blocking(move || fingerprint(&f))
-                .await
-                .unwrap_or(Fingerprint(Vec::new()))
-        };
+        let files = gw.shared.load().config.files.clone();
+        let now = tokio::task::spawn_blocking(move || Fingerprint::of(&files))
+            .await
+            .unwrap_or_default();
         if now == last {
             continue;
         }
         last = now;
         if apply(&gw, "watch").await.is_ok() {
-            // The new config may reference other files: fingerprint those.
-            let f = gw.shared.load().config.files.clone();
-            last = tokio::task::spawn_blocking(move || fingerprint(&f))
-                .await
-                .unwrap_or(Fingerprint(Vec::new()));
+            let cfg = &gw.shared.load().config;
+            last = cfg.fingerprint.clone();
+            w.update(&cfg.files);
         }
     }
 }

@@ -65,7 +65,16 @@ pub(super) fn build(path: &Path, text: &str, env: &EnvLookup) -> Result<Config, 
     let mut files = b.files;
     files.sort();
     files.dedup();
+    // The config file's own entry hashes the exact bytes just parsed; the other files are
+    // re-read here, a moment after they were loaded.
+    let mut fingerprint = Fingerprint::of(&files);
+    for (p, h) in &mut fingerprint.0 {
+        if p == path {
+            *h = Some(sha256(text.as_bytes()));
+        }
+    }
     Ok(Config {
+        fingerprint,
         path: path.to_path_buf(),
         hash: sha256_hex(text.as_bytes()),
         server,

@@ -86,6 +86,33 @@ pub struct Config {
     /// Every file the config reads (certificates, keys, secret files, the file itself): the
     /// reloader watches them all.
     pub files: Vec<PathBuf>,
+    /// The content of those files when this config was loaded: the reloader reloads when it
+    /// differs, and only then.
+    pub fingerprint: Fingerprint,
+}
+
+/// SHA-256 of each file a config read (`None` when it could not be read).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fingerprint(pub Vec<(PathBuf, Option<[u8; 32]>)>);
+
+impl Fingerprint {
+    /// Reads and hashes `files` now.
+    pub fn of(files: &[PathBuf]) -> Fingerprint {
+        Fingerprint(
+            files
+                .iter()
+                .map(|p| (p.clone(), std::fs::read(p).ok().map(|b| sha256(&b))))
+                .collect(),
+        )
+    }
+}
+
+/// SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -444,9 +471,8 @@ pub fn load_bytes(path: &Path, bytes: &[u8], env: &EnvLookup) -> Result<Config, 
 /// SHA-256 of `bytes`, as lowercase hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
     let mut out = String::with_capacity(64);
-    for b in digest.as_ref() {
+    for b in sha256(bytes) {
         let _ = write!(out, "{b:02x}");
     }
     out
