@@ -390,3 +390,130 @@ pub async fn tls_send(
     })
     .await
 }
+
+/// The `gatehouse` binary running as a child process, with its JSON log lines.
+pub struct Proc {
+    pub child: Option<std::process::Child>,
+    pub http: Vec<SocketAddr>,
+    pub https: Vec<SocketAddr>,
+    pub lines: std::sync::mpsc::Receiver<serde_json::Value>,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    /// Starts `gatehouse run -c path` and waits for it to log "gatehouse started".
+    pub fn start(path: &std::path::Path, envs: &[(&str, &str)]) -> Proc {
+        use std::io::BufRead;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"));
+        cmd.args(["run", "--log-format", "json", "-c"]).arg(path);
+        cmd.env("RUST_LOG", "info").env_remove("NOTIFY_SOCKET");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        cmd.stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null());
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                log2.lock().unwrap().push(line.clone());
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let mut p = Proc {
+            child: Some(child),
+            http: Vec::new(),
+            https: Vec::new(),
+            lines: rx,
+            log,
+        };
+        loop {
+            let v = p.next_line("the process to start");
+            let f = &v["fields"];
+            match f["message"].as_str() {
+                Some("listening") => {
+                    let addr: SocketAddr = f["addr"].as_str().unwrap().parse().unwrap();
+                    match f["kind"].as_str() {
+                        Some("Http") => p.http.push(addr),
+                        _ => p.https.push(addr),
+                    }
+                }
+                Some("gatehouse started") => break,
+                _ => {}
+            }
+        }
+        p
+    }
+
+    /// The next JSON log line (blocking, bounded by [`LIMIT`]).
+    pub fn next_line(&self, what: &str) -> serde_json::Value {
+        match self.lines.recv_timeout(LIMIT) {
+            Ok(v) => v,
+            Err(_) => panic!(
+                "timed out waiting for {what}; log so far:\n{}",
+                self.log.lock().unwrap().join("\n")
+            ),
+        }
+    }
+
+    /// Waits for a log line whose message contains `needle`.
+    pub fn wait_for(&self, needle: &str) -> serde_json::Value {
+        loop {
+            let v = self.next_line(needle);
+            if v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(needle))
+            {
+                return v;
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args(["-s", sig, &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait(&mut self) -> Option<i32> {
+        let mut child = self.child.take().expect("already waited");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait().map(|s| s.code()));
+        });
+        match rx.recv_timeout(LIMIT) {
+            Ok(r) => r.unwrap(),
+            Err(_) => panic!("the process did not exit; log:\n{}", self.full_log()),
+        }
+    }
+
+    pub fn full_log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
