@@ -19,24 +19,21 @@ use crate::body::Body;
 use crate::config::{TargetConfig, TlsSource};
 use crate::gateway::Gateway;
 
-/// Serves the admin endpoint on `listener` until the gateway shuts down.
+/// Serves the admin endpoint on `listener` for the life of the process: it keeps answering
+/// while the gateway drains, so a load balancer sees `/readyz` turn 503.
 pub async fn serve(
     listener: TcpListener,
     gw: Arc<Gateway>,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
 ) {
-    let mut shutdown = gw.shutdown_signal();
     loop {
-        let (tcp, _) = tokio::select! {
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
+        let (tcp, _) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let gw = gw.clone();
         let metrics = metrics.clone();
