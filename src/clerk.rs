@@ -326,6 +326,7 @@ pub(crate) async fn handle(
     let cfg = &target.config;
     // Methods the Fetch API cannot represent are refused before contacting FAPI (requirement 39).
     if matches!(*req.method(), Method::TRACE | Method::CONNECT) {
+        crate::metrics::clerk_error(&route.id, "method_not_supported");
         return error_response(
             StatusCode::BAD_REQUEST,
             "proxy_request_failed",
@@ -429,6 +430,7 @@ pub(crate) async fn handle(
     .await
     {
         Ok(crate::proxy::Forwarded { mut resp, .. }) => {
+            crate::metrics::clerk_request(&route.id, resp.status());
             headers::strip_hop_by_hop(resp.headers_mut());
             if let Some(loc) = resp
                 .headers()
@@ -444,7 +446,12 @@ pub(crate) async fn handle(
             resp.map(Body::incoming)
         }
         Err(e) => {
-            tracing::warn!(peer = %cx.conn.peer, error = %e, "Clerk FAPI request failed");
+            tracing::warn!(peer = %cx.conn.peer, route = %route.id, error = %e, "Clerk FAPI request failed");
+            let code = match e {
+                ProxyError::BodyTooLarge(_) => "request_body_too_large",
+                _ => "proxy_request_failed",
+            };
+            crate::metrics::clerk_error(&route.id, code);
             match e {
                 ProxyError::BodyTooLarge(_) => error_response(
                     StatusCode::PAYLOAD_TOO_LARGE,

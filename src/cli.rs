@@ -47,6 +47,51 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Set up Clerk's Frontend API proxy with Clerk: verify it, enable or disable it.
+    #[command(subcommand)]
+    Clerk(ClerkCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClerkCommand {
+    /// Ask Clerk's health endpoint through the public proxy URL, as Clerk's own check does.
+    Verify {
+        /// The public proxy URL, e.g. https://app.example.com/__clerk
+        #[arg(long)]
+        proxy_url: String,
+        /// The domain id (dmn_...) from the Clerk Dashboard or the Backend API.
+        #[arg(long)]
+        domain_id: Option<String>,
+    },
+    /// Register the proxy URL for a domain (PATCH /v1/domains/{id}); refuses when verify fails.
+    Enable {
+        #[arg(long)]
+        domain_id: String,
+        #[arg(long)]
+        proxy_url: String,
+        /// Enable even when verify fails.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Switch the domain back to Clerk's own hosts (proxy_url = null).
+    Disable {
+        #[arg(long)]
+        domain_id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApiArgs {
+    /// The Backend API (for tests and staging).
+    #[arg(long, default_value = crate::clerk_setup::DEFAULT_API_URL)]
+    pub api_url: String,
+    /// Read the secret key from this file instead of CLERK_SECRET_KEY.
+    #[arg(long)]
+    pub secret_key_file: Option<PathBuf>,
 }
 
 /// The one-screen summary `gatehouse check` prints for a valid config.

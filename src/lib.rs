@@ -27,6 +27,7 @@ pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod clerk;
+pub mod clerk_setup;
 pub mod cli;
 pub mod config;
 pub mod error;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use gatehouse::cli::{Cli, Command, LogFormatArg, check_report};
+use gatehouse::cli::{ClerkCommand, Cli, Command, LogFormatArg, check_report};
 use gatehouse::config::{self, LogFormat};
 
 fn main() -> ExitCode {
@@ -32,6 +32,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Clerk(cmd) => clerk(cmd),
         Command::Run {
             config,
             log_format,
@@ -97,4 +98,82 @@ fn init_tracing(format: LogFormat, level: Option<&str>) {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+/// `gatehouse clerk ...`: exit 0 on success, 1 otherwise; every failure says what to do.
+fn clerk(cmd: ClerkCommand) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gatehouse: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    use gatehouse::clerk_setup as setup;
+    let report = |v: &setup::Verdict| {
+        println!("{}", v.summary);
+        if let Some(ip) = &v.x_forwarded_for {
+            println!("x_forwarded_for seen by Clerk: {ip}");
+        }
+        for h in &v.hints {
+            println!("  fix: {h}");
+        }
+    };
+    rt.block_on(async {
+        match cmd {
+            ClerkCommand::Verify { proxy_url, domain_id } => {
+                let v = setup::verify(&proxy_url, domain_id.as_deref()).await;
+                report(&v);
+                if v.healthy { ExitCode::SUCCESS } else { ExitCode::from(1) }
+            }
+            ClerkCommand::Enable { domain_id, proxy_url, force, api } => {
+                let secret = match setup::secret_key(api.secret_key_file.as_deref()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("gatehouse: {e}");
+                        return ExitCode::from(1);
+                    }
+                };
+                let v = setup::verify(&proxy_url, Some(&domain_id)).await;
+                report(&v);
+                if !v.healthy && !force {
+                    eprintln!("gatehouse: not enabling a proxy that does not work yet (Clerk's sign-in would break); fix it, or pass --force");
+                    return ExitCode::from(1);
+                }
+                match setup::set_proxy_url(&api.api_url, &domain_id, &secret, Some(&proxy_url)).await {
+                    Ok(msg) => {
+                        println!("{msg}");
+                        println!("next: set the client-side proxy URL (NEXT_PUBLIC_CLERK_PROXY_URL={proxy_url}, or proxyUrl) and redeploy the app");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("gatehouse: {e}");
+                        ExitCode::from(1)
+                    }
+                }
+            }
+            ClerkCommand::Disable { domain_id, api } => {
+                let secret = match setup::secret_key(api.secret_key_file.as_deref()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("gatehouse: {e}");
+                        return ExitCode::from(1);
+                    }
+                };
+                match setup::set_proxy_url(&api.api_url, &domain_id, &secret, None).await {
+                    Ok(msg) => {
+                        println!("{msg}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("gatehouse: {e}");
+                        ExitCode::from(1)
+                    }
+                }
+            }
+        }
+    })
 }

@@ -287,11 +287,11 @@ fn profile_for(o: &RouteOptions) -> ClientProfile {
     }
 }
 
-/// Clerk's FAPI is always verified against the system roots and spoken to over HTTP/1.1.
+/// Clerk's FAPI is always verified (against the system roots, plus the route's `tls_ca` for a
+/// TLS-intercepting egress proxy or a test FAPI) and spoken to over HTTP/1.1.
 fn clerk_profile(o: &RouteOptions) -> ClientProfile {
     ClientProfile {
         tls_verify: true,
-        tls_ca: None,
         http2: false,
         ..profile_for(o)
     }

@@ -328,8 +328,16 @@ pub fn classify(err: &hyper_util::client::legacy::Error) -> FailureKind {
     let connect = err.is_connect();
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+        if let Some(mut io) = e.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind::*;
+            // Connectors wrap io errors in io errors (hyper-rustls: Other around InvalidData
+            // around the rustls error): look at the innermost one.
+            while let Some(inner) = io
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<std::io::Error>())
+            {
+                io = inner;
+            }
             return match io.kind() {
                 ConnectionRefused => FailureKind::Refused,
                 TimedOut if connect => FailureKind::ConnectTimeout,

@@ -949,13 +949,7 @@ impl Builder<'_> {
         ok.then_some(UpstreamConfig { backends })
     }
 
-    fn secret(
-        &mut self,
-        src: &Spanned<RawSecret>,
-        key: &str,
-        route_key: &str,
-        is_secret: bool,
-    ) -> Option<String> {
+    fn secret(&mut self, src: &Spanned<RawSecret>, key: &str, is_secret: bool) -> Option<String> {
         let value = match src.get_ref() {
             RawSecret::Literal(v) => {
                 if is_secret {
@@ -966,7 +960,7 @@ impl Builder<'_> {
             RawSecret::Env(name) => match (self.env)(name) {
                 Some(v) => v,
                 None => {
-                    self.c.error(Some(src.span()), key, format!("{route_key}: the environment variable {name} is not set"), Some(format!("set {name} in the service's environment (EnvironmentFile=/etc/gatehouse/env), or use {{ file = \"...\" }}")));
+                    self.c.error(Some(src.span()), key, format!("the environment variable {name} is not set"), Some(format!("set {name} in the service's environment (EnvironmentFile=/etc/gatehouse/env), or use {{ file = \"...\" }}")));
                     return None;
                 }
             },
@@ -976,7 +970,7 @@ impl Builder<'_> {
                 match std::fs::read_to_string(&path) {
                     Ok(v) => v,
                     Err(e) => {
-                        self.c.error(Some(src.span()), key, format!("{route_key}: cannot read {}: {e}", path.display()), Some("check the path; under systemd use LoadCredential= and $CREDENTIALS_DIRECTORY".into()));
+                        self.c.error(Some(src.span()), key, format!("cannot read {}: {e}", path.display()), Some("check the path; under systemd use LoadCredential= and $CREDENTIALS_DIRECTORY".into()));
                         return None;
                     }
                 }
@@ -987,7 +981,7 @@ impl Builder<'_> {
             self.c.error(
                 Some(src.span()),
                 key,
-                format!("{route_key}: the value is empty"),
+                "the value is empty".to_string(),
                 None,
             );
             return None;
@@ -1012,18 +1006,8 @@ impl Builder<'_> {
         let sk_src = pick(|c| c.secret_key.as_ref()).unwrap_or_else(|| {
             Spanned::new(span.clone(), RawSecret::Env("CLERK_SECRET_KEY".into()))
         });
-        let pk = self.secret(
-            &pk_src,
-            &format!("{key}.clerk.publishable_key"),
-            &format!("route {key}: publishable_key"),
-            false,
-        );
-        let sk = self.secret(
-            &sk_src,
-            &format!("{key}.clerk.secret_key"),
-            &format!("route {key}: secret_key"),
-            true,
-        );
+        let pk = self.secret(&pk_src, &format!("{key}.clerk.publishable_key"), false);
+        let sk = self.secret(&sk_src, &format!("{key}.clerk.secret_key"), true);
         if let Some(sk) = &sk {
             if !sk.starts_with("sk_") {
                 self.c.warn(
@@ -1232,7 +1216,7 @@ impl Builder<'_> {
             if r.tls_verify.is_some() {
                 inapplicable.push("tls_verify");
             }
-            if r.tls_ca.is_some() {
+            if r.tls_ca.is_some() && !matches!(target, TargetConfig::Clerk(_)) {
                 inapplicable.push("tls_ca");
             }
             if r.http2.is_some() {

@@ -64,6 +64,8 @@ pub fn full(b: impl Into<Bytes>) -> BoxBody {
 pub struct Backend {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// TCP connections accepted.
+    pub conns: Arc<std::sync::atomic::AtomicUsize>,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -150,12 +152,15 @@ async fn serve(h: Handler, seen: Arc<Mutex<Vec<Seen>>>, h2: bool) -> Backend {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, mut stop_rx) = oneshot::channel();
+    let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let conns2 = conns.clone();
     tokio::spawn(async move {
         loop {
             let (tcp, _) = tokio::select! {
                 a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
                 _ = &mut stop_rx => return,
             };
+            conns2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let h = h.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
@@ -178,6 +183,7 @@ async fn serve(h: Handler, seen: Arc<Mutex<Vec<Seen>>>, h2: bool) -> Backend {
     Backend {
         addr,
         seen,
+        conns,
         stop: Some(stop),
     }
 }
@@ -516,4 +522,64 @@ impl Drop for Proc {
             let _ = c.wait();
         }
     }
+}
+
+/// A backend behind TLS (HTTP/1.1), with a certificate from `cert`/`key` PEM files. Counts the
+/// TCP connections it accepts.
+pub async fn backend_tls(
+    h: Handler,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> (Backend, Arc<std::sync::atomic::AtomicUsize>) {
+    use rustls::pki_types::pem::PemObject;
+    let chain: Vec<rustls::pki_types::CertificateDer<'static>> =
+        rustls::pki_types::CertificateDer::pem_file_iter(cert)
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(gatehouse::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let conns2 = conns.clone();
+    let (stop, mut stop_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = tokio::select! {
+                a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+                _ = &mut stop_rx => return,
+            };
+            conns2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let h = h.clone();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = service_fn(move |req| {
+                    let h = h.clone();
+                    async move { Ok::<_, Infallible>(h(req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (
+        Backend {
+            addr,
+            seen: Arc::default(),
+            conns: conns.clone(),
+            stop: Some(stop),
+        },
+        conns,
+    )
 }
