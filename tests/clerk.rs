@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use common::*;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body_util::Full;
 
 const PK: &str = "pk_live_Y2xlcmsuZXhhbXBsZS5jb20k";
@@ -191,7 +191,7 @@ async fn req04_a_trailing_slash_on_the_prefix_is_ignored_and_the_default_not_int
     assert_eq!(fapi.last().uri, "/v1/client");
     assert_eq!(
         fapi.last().header("clerk-proxy-url"),
-        Some(format!("http://app.test/custom-clerk").as_str())
+        Some("http://app.test/custom-clerk")
     );
     assert_eq!(
         get(gw.http(), "app.test", "/__clerk/v1/client")
