@@ -188,7 +188,7 @@ pub fn config_json(gw: &Gateway) -> Value {
                 "hosts": s.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
                 "default": s.default,
                 "tls": tls,
-                "redirect_https": s.redirect_https,
+                "redirect_https": s.redirect_https.map(|c| c.as_u16()),
                 "routes": routes,
             })
         })

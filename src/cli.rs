@@ -47,6 +47,19 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Translate an nginx configuration into a Gatehouse routes file, with a report of what was
+    /// translated, approximated or left out (on stderr).
+    ImportNginx {
+        /// The nginx configuration (nginx.conf or a site file).
+        file: PathBuf,
+        /// Write the routes file here instead of stdout.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+        /// Resolve relative paths (include, certificates, roots) against this folder, like nginx's -p.
+        /// Default: the file's folder.
+        #[arg(short = 'p', long = "prefix")]
+        prefix: Option<PathBuf>,
+    },
     /// Set up Clerk's Frontend API proxy with Clerk: verify it, enable or disable it.
     #[command(subcommand)]
     Clerk(ClerkCommand),
@@ -140,8 +153,8 @@ pub fn check_report(c: &Config) -> String {
             Some(TlsSource::SelfSigned) => flags.push("tls self-signed".into()),
             None => {}
         }
-        if site.redirect_https {
-            flags.push("redirect_https".into());
+        if let Some(status) = site.redirect_https {
+            flags.push(format!("redirect_https {}", status.as_u16()));
         }
         let flags = if flags.is_empty() {
             String::new()

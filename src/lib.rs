@@ -34,6 +34,7 @@ pub mod error;
 pub mod gateway;
 pub mod headers;
 pub mod metrics;
+pub mod nginx;
 pub mod path;
 pub mod proxy;
 pub mod reload;

@@ -33,6 +33,34 @@ fn main() -> ExitCode {
             }
         }
         Command::Clerk(cmd) => clerk(cmd),
+        Command::ImportNginx {
+            file,
+            output,
+            prefix,
+        } => match gatehouse::nginx::import(&file, prefix.as_deref()) {
+            Ok((toml, report)) => {
+                eprint!("{report}");
+                match output {
+                    Some(out) => {
+                        if let Err(e) = std::fs::write(&out, toml) {
+                            eprintln!("gatehouse: cannot write {}: {e}", out.display());
+                            return ExitCode::from(1);
+                        }
+                        eprintln!(
+                            "wrote {}; next: gatehouse check -c {}",
+                            out.display(),
+                            out.display()
+                        );
+                    }
+                    None => print!("{toml}"),
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("gatehouse: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Run {
             config,
             log_format,

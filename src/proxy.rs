@@ -327,8 +327,8 @@ async fn handle(
         peer_trusted,
     };
 
-    if site.redirect_https && !conn.tls {
-        return Ok(redirect_to_https(&cx, req.uri()));
+    if let (Some(status), false) = (site.redirect_https, conn.tls) {
+        return Ok(redirect_to_https(&cx, req.uri(), status));
     }
 
     let normalized = crate::path::normalize(req.uri().path())?;
@@ -410,14 +410,14 @@ fn redirect(status: StatusCode, location: &str) -> Result<Response<Body>, ProxyE
     Ok(resp)
 }
 
-fn redirect_to_https(cx: &Ctx<'_>, uri: &Uri) -> Response<Body> {
+fn redirect_to_https(cx: &Ctx<'_>, uri: &Uri, status: StatusCode) -> Response<Body> {
     let port = match cx.snap.https_port {
         Some(443) | None => String::new(),
         Some(p) => format!(":{p}"),
     };
     let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let location = format!("https://{}{port}{pq}", cx.host_name);
-    redirect(StatusCode::PERMANENT_REDIRECT, &location).unwrap_or_else(|e| error_response(&e, true))
+    redirect(status, &location).unwrap_or_else(|e| error_response(&e, true))
 }
 
 /// The size of a header block as nginx and hyper count it: name, value, and 4 bytes of framing.

@@ -69,7 +69,7 @@ pub struct Site {
     pub name: Arc<str>,
     pub hosts: Vec<HostPattern>,
     pub routes: RouteTable<Arc<Route>>,
-    pub redirect_https: bool,
+    pub redirect_https: Option<http::StatusCode>,
     pub hsts: Option<HeaderValue>,
     pub cert: Option<Arc<LoadedCert>>,
     pub self_signed: bool,

@@ -13,6 +13,8 @@ pub enum Var {
     RequestUri,
     Path,
     Query,
+    /// `?` when there is a query, else nothing (nginx's `$is_args`).
+    IsArgs,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,10 +64,11 @@ impl Template {
                 "request_uri" => Var::RequestUri,
                 "path" | "uri" => Var::Path,
                 "query" | "args" => Var::Query,
+                "is_args" => Var::IsArgs,
                 "" => return Err("a `$` is not followed by a variable name".into()),
                 other => {
                     return Err(format!(
-                        "unknown variable `${other}`: use $scheme, $host, $request_uri, $path or $query"
+                        "unknown variable `${other}`: use $scheme, $host, $request_uri, $path, $query or $is_args"
                     ));
                 }
             };
@@ -94,6 +97,11 @@ impl Template {
                 Part::Var(Var::Host) => out.push_str(v.host),
                 Part::Var(Var::Path) => out.push_str(v.path),
                 Part::Var(Var::Query) => out.push_str(v.query.unwrap_or("")),
+                Part::Var(Var::IsArgs) => {
+                    if v.query.is_some() {
+                        out.push('?');
+                    }
+                }
                 Part::Var(Var::RequestUri) => {
                     out.push_str(v.path);
                     if let Some(q) = v.query {
@@ -145,6 +153,13 @@ mod tests {
     fn braces_separate_a_variable_from_text() {
         let t = Template::parse("https://${host}x/").unwrap();
         assert_eq!(t.render(&V), "https://old.example.comx/");
+    }
+
+    #[test]
+    fn is_args_is_a_question_mark_only_with_a_query() {
+        let t = Template::parse("/new$is_args$args").unwrap();
+        assert_eq!(t.render(&V), "/new?x=1");
+        assert_eq!(t.render(&Vars { query: None, ..V }), "/new");
     }
 
     #[test]

@@ -457,13 +457,24 @@ impl Builder<'_> {
                     .unwrap_or_else(|| "default".into()),
             };
             let tls = s.tls.as_ref().and_then(|t| self.tls(t, &key, &hosts));
-            let redirect_https = s
-                .redirect_https
-                .as_ref()
-                .map(|r| *r.get_ref())
-                .unwrap_or(false);
+            let redirect_https = match s.redirect_https.as_ref().map(|r| (*r.get_ref(), r.span())) {
+                None | Some((RawRedirectHttps::On(false), _)) => None,
+                Some((RawRedirectHttps::On(true), _)) => Some(StatusCode::PERMANENT_REDIRECT),
+                Some((RawRedirectHttps::Status(n @ (301 | 302 | 307 | 308)), _)) => {
+                    StatusCode::from_u16(n as u16).ok()
+                }
+                Some((RawRedirectHttps::Status(n), span)) => {
+                    self.c.error(
+                        Some(span),
+                        format!("{key}.redirect_https"),
+                        format!("{n} is not a redirect status for this"),
+                        Some("use true (308), 301, 302, 307 or 308".into()),
+                    );
+                    None
+                }
+            };
             if let Some(r) = &s.redirect_https {
-                if *r.get_ref() && server.https.is_empty() {
+                if redirect_https.is_some() && server.https.is_empty() {
                     self.c.error(
                         Some(r.span()),
                         format!("{key}.redirect_https"),

@@ -183,7 +183,8 @@ pub struct SiteConfig {
     pub hosts: Vec<HostPattern>,
     pub default: bool,
     pub tls: Option<TlsSource>,
-    pub redirect_https: bool,
+    /// Plain-HTTP requests get this redirect to https (308 for `true`).
+    pub redirect_https: Option<StatusCode>,
     pub hsts: Option<HeaderValue>,
     pub routes: Vec<RouteConfig>,
 }

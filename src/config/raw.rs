@@ -69,7 +69,7 @@ pub struct RawSite {
     pub hosts: Option<Spanned<OneOrMany>>,
     pub default: Option<bool>,
     pub tls: Option<Spanned<RawTls>>,
-    pub redirect_https: Option<Spanned<bool>>,
+    pub redirect_https: Option<Spanned<RawRedirectHttps>>,
     pub hsts: Option<Spanned<String>>,
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<RawRoute>>,
@@ -174,6 +174,32 @@ impl<'de> Deserialize<'de> for RawTls {
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawTls, A::Error> {
                 RawTlsFiles::deserialize(de::value::MapAccessDeserializer::new(map))
                     .map(RawTls::Files)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `redirect_https = true` (308) or a status code (`301` to keep what certbot's nginx block did).
+#[derive(Debug, Clone, Copy)]
+pub enum RawRedirectHttps {
+    On(bool),
+    Status(i64),
+}
+
+impl<'de> Deserialize<'de> for RawRedirectHttps {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawRedirectHttps;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true, false, or a redirect status (301, 302, 307, 308)")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawRedirectHttps, E> {
+                Ok(RawRedirectHttps::On(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawRedirectHttps, E> {
+                Ok(RawRedirectHttps::Status(v))
             }
         }
         d.deserialize_any(V)
