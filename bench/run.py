@@ -279,7 +279,8 @@ def main():
         build()
     try:
         import resource
-        resource.setrlimit(resource.RLIMIT_NOFILE, (200000, 200000))
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     except (ValueError, OSError):
         log("warning: cannot raise the open-files limit; scenario 5 may fail")
     d = tempfile.mkdtemp(prefix="gatehouse-bench-")

@@ -8,10 +8,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let addr: SocketAddr = args.next().expect("an address").parse().expect("an address");
+    let addr: SocketAddr = args
+        .next()
+        .expect("an address")
+        .parse()
+        .expect("an address");
     let n: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(10_000);
     let host = args.next().unwrap_or_else(|| "bench.local".into());
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async move {
         let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
         let mut held = Vec::with_capacity(n);

@@ -17,15 +17,25 @@ use hyper_util::rt::TokioIo;
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let addr: SocketAddr = args.next().unwrap_or_else(|| "127.0.0.1:18080".into()).parse().expect("an address");
+    let addr: SocketAddr = args
+        .next()
+        .unwrap_or_else(|| "127.0.0.1:18080".into())
+        .parse()
+        .expect("an address");
     let threads: usize = args.next().and_then(|t| t.parse().ok()).unwrap_or(1);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let big64k = Bytes::from(vec![b'x'; 64 * 1024]);
         let big1m = Bytes::from(vec![b'y'; 1024 * 1024]);
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let (b64, b1m) = (big64k.clone(), big1m.clone());
             tokio::spawn(async move {
@@ -49,7 +59,9 @@ fn main() {
                         Ok::<_, Infallible>(Response::new(Full::new(out)))
                     }
                 });
-                let _ = http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
             });
         }
     });

@@ -37,6 +37,7 @@ enum Kind {
     Empty,
     Full(Option<Bytes>),
     Incoming(Incoming),
+    Pooled(crate::pool::PooledBody),
     Stream(Pin<Box<dyn HttpBody<Data = Bytes, Error = BoxError> + Send>>),
 }
 
@@ -63,6 +64,14 @@ impl Body {
 
     pub fn incoming(i: Incoming) -> Body {
         Body::from_kind(Kind::Incoming(i))
+    }
+
+    /// An upstream response body, from either upstream path.
+    pub fn upstream(u: crate::proxy::UpResp) -> Body {
+        match u {
+            crate::proxy::UpResp::Legacy(i) => Body::incoming(i),
+            crate::proxy::UpResp::Pooled(p) => Body::from_kind(Kind::Pooled(p)),
+        }
     }
 
     pub fn stream(s: impl HttpBody<Data = Bytes, Error = BoxError> + Send + 'static) -> Body {
@@ -112,6 +121,7 @@ impl HttpBody for Body {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Incoming(i) => Pin::new(i).poll_frame(cx).map_err(|e| e.into()),
+            Kind::Pooled(p) => Pin::new(p).poll_frame(cx).map_err(|e| e.into()),
             Kind::Stream(s) => s.as_mut().poll_frame(cx),
         };
         match &polled {
@@ -135,6 +145,7 @@ impl HttpBody for Body {
             Kind::Empty => true,
             Kind::Full(b) => b.is_none(),
             Kind::Incoming(i) => i.is_end_stream(),
+            Kind::Pooled(p) => p.is_end_stream(),
             Kind::Stream(s) => s.is_end_stream(),
         }
     }
@@ -145,6 +156,7 @@ impl HttpBody for Body {
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
             Kind::Incoming(i) => i.size_hint(),
+            Kind::Pooled(p) => p.size_hint(),
             Kind::Stream(s) => s.size_hint(),
         }
     }

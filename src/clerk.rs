@@ -354,16 +354,11 @@ pub(crate) async fn handle(
     headers::strip_hop_by_hop(&mut h);
     if !cx.peer_trusted {
         // An untrusted client does not get to choose what FAPI believes about the request.
-        for name in [
-            "x-forwarded-host",
-            "x-forwarded-proto",
-            "x-real-ip",
-            "cf-connecting-ip",
-            "forwarded",
-            "true-client-ip",
-            "x-forwarded-prefix",
-            "x-forwarded-port",
-        ] {
+        for name in headers::UNTRUSTED_FORWARDING.iter().chain([
+            &headers::X_FORWARDED_HOST,
+            &headers::X_FORWARDED_PROTO,
+            &headers::X_REAL_IP,
+        ]) {
             h.remove(name);
         }
     }
@@ -413,7 +408,10 @@ pub(crate) async fn handle(
         HeaderValue::from_static("identity"),
     );
 
+    tracing::debug!(route = %route.id, method = %parts.method, proxy_url = %url, client_ip = %xff, "proxying to Clerk's Frontend API");
+    tracing::trace!(headers = ?h, "request headers toward Clerk (the secret shows as Sensitive)");
     let out = Outgoing {
+        upgrade: false,
         method: parts.method,
         path_and_query: pq,
         headers: h,
@@ -443,7 +441,7 @@ pub(crate) async fn handle(
                     }
                 }
             }
-            resp.map(Body::incoming)
+            resp.map(Body::upstream)
         }
         Err(e) => {
             tracing::warn!(peer = %cx.conn.peer, route = %route.id, error = %e, "Clerk FAPI request failed");

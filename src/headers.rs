@@ -46,19 +46,17 @@ fn hop_by_hop() -> [&'static HeaderName; 9] {
 }
 
 /// Forwarding headers that only a trusted proxy may set; from anyone else they are dropped
-/// (the ones we set ourselves are then written fresh).
-fn forwarding_headers_from_untrusted() -> [&'static str; 8] {
-    [
-        "forwarded",
-        "x-forwarded-port",
-        "x-forwarded-prefix",
-        "x-forwarded-ssl",
-        "x-forwarded-scheme",
-        "x-forwarded-server",
-        "cf-connecting-ip",
-        "true-client-ip",
-    ]
-}
+/// (the ones we set ourselves are then written fresh). Static names: no parsing per request.
+pub static UNTRUSTED_FORWARDING: [HeaderName; 8] = [
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("true-client-ip"),
+];
 
 /// What [`strip_hop_by_hop`] found before removing it.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -258,7 +256,7 @@ pub fn set_forwarding_headers(headers: &mut HeaderMap, hop: &Hop<'_>, stripped: 
             insert_str(headers, &X_FORWARDED_PREFIX, &combined);
         }
     } else {
-        for name in forwarding_headers_from_untrusted() {
+        for name in &UNTRUSTED_FORWARDING {
             headers.remove(name);
         }
         push_ip(&mut ip_buf, peer);

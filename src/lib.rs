@@ -36,6 +36,7 @@ pub mod headers;
 pub mod metrics;
 pub mod nginx;
 pub mod path;
+pub mod pool;
 pub mod proxy;
 pub mod reload;
 pub mod router;

@@ -84,11 +84,19 @@ fn main() -> ExitCode {
                 None => loaded.log.format,
             };
             init_tracing(format, loaded.log.level.as_deref());
-            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            // One worker means one thread: tokio's current-thread scheduler skips the work-stealing
+            // machinery (measured: bench/README.md). More workers: the multi-thread scheduler.
+            let threads = workers.or(loaded.server.workers);
+            let mut rt = if threads == Some(1) {
+                tokio::runtime::Builder::new_current_thread()
+            } else {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                if let Some(n) = threads {
+                    b.worker_threads(n.max(1));
+                }
+                b
+            };
             rt.enable_all();
-            if let Some(n) = workers.or(loaded.server.workers) {
-                rt.worker_threads(n.max(1));
-            }
             let rt = match rt.build() {
                 Ok(rt) => rt,
                 Err(e) => {

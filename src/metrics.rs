@@ -367,19 +367,30 @@ pub fn snapshot_gauges(snap: &crate::state::Snapshot) {
     }
 }
 
-/// A request in flight to an upstream, counted while this guard lives.
-#[derive(Debug)]
-pub struct ActiveUpstream(Arc<str>);
+/// A request in flight to an upstream, counted while this guard lives. Holds the backend's own
+/// gauge handle, made once per backend at load: no label lookup per request.
+pub struct ActiveUpstream(::metrics::Gauge);
+
+impl std::fmt::Debug for ActiveUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ActiveUpstream")
+    }
+}
 
 impl ActiveUpstream {
-    pub fn start(upstream: Arc<str>) -> ActiveUpstream {
-        gauge!(UPSTREAM_ACTIVE_REQUESTS, "upstream" => upstream.to_string()).increment(1.0);
-        ActiveUpstream(upstream)
+    /// The gauge for one upstream (call at load).
+    pub fn gauge(upstream: &str) -> ::metrics::Gauge {
+        gauge!(UPSTREAM_ACTIVE_REQUESTS, "upstream" => upstream.to_string())
+    }
+
+    pub fn start(gauge: &::metrics::Gauge) -> ActiveUpstream {
+        gauge.increment(1.0);
+        ActiveUpstream(gauge.clone())
     }
 }
 
 impl Drop for ActiveUpstream {
     fn drop(&mut self) {
-        gauge!(UPSTREAM_ACTIVE_REQUESTS, "upstream" => self.0.to_string()).decrement(1.0);
+        self.0.decrement(1.0);
     }
 }

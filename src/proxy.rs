@@ -487,6 +487,7 @@ async fn to_upstream(
     };
 
     let out = Outgoing {
+        upgrade: upgrade.is_some(),
         method: parts.method,
         path_and_query: pq,
         headers: h,
@@ -503,11 +504,20 @@ async fn to_upstream(
     if let Some(client_on) = upgrade {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let listener = if cx.conn.tls { "https" } else { "http" };
-            return Ok(splice_upgrade(client_on, resp, &backend, listener));
+            let (parts, body) = resp.into_parts();
+            if let UpResp::Legacy(body) = body {
+                return Ok(splice_upgrade(
+                    client_on,
+                    Response::from_parts(parts, body),
+                    &backend,
+                    listener,
+                ));
+            }
+            return Err(ProxyError::UpgradeRefused);
         }
     }
     headers::strip_hop_by_hop(resp.headers_mut());
-    Ok(resp.map(Body::incoming))
+    Ok(resp.map(Body::upstream))
 }
 
 /// Refuses a declared body over the limit before reading any of it.
@@ -570,6 +580,9 @@ pub(crate) enum HostChoice {
 
 /// An upstream request before a backend is chosen.
 pub(crate) struct Outgoing {
+    /// An HTTP/1.1 upgrade (WebSocket): it goes through hyper-util's client, which hands over
+    /// the upgraded connection.
+    pub upgrade: bool,
     pub method: Method,
     /// Appended to the backend URL's own path.
     pub path_and_query: String,
@@ -614,6 +627,11 @@ pub(crate) async fn forward(
         if out.http2 {
             // HTTP/2 carries the authority in `:authority` (RFC 9113 §8.3.1).
             h.remove(header::HOST);
+        } else if !h.contains_key(header::HOST) {
+            // HTTP/1.1 requires Host (RFC 9112 §3.2); an HTTP/1.0 client may not have sent one.
+            if let Ok(v) = HeaderValue::from_str(backend.url.authority.as_str()) {
+                h.insert(header::HOST, v);
+            }
         }
         let (finished_tx, finished_rx) = if bodiless {
             (None, None)
@@ -628,15 +646,20 @@ pub(crate) async fn forward(
         let mut pq = String::with_capacity(backend.url.base_path.len() + out.path_and_query.len());
         pq.push_str(&backend.url.base_path);
         pq.push_str(&out.path_and_query);
-        let uri = Uri::builder()
-            .scheme(backend.scheme.clone())
-            .authority(backend.url.authority.clone())
-            .path_and_query(
-                PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq))
-                    .map_err(|_| ProxyError::BadPath(crate::path::PathError::BadEscape))?,
-            )
-            .build()
-            .map_err(|e| ProxyError::Internal(e.to_string()))?;
+        let pq = PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq))
+            .map_err(|_| ProxyError::BadPath(crate::path::PathError::BadEscape))?;
+        // The pool writes the request line as given (origin-form); hyper-util's client wants
+        // absolute-form and converts it itself.
+        let pool = backend.pool.as_ref().filter(|_| !out.upgrade);
+        let uri = match pool {
+            Some(_) => Uri::from(pq),
+            None => Uri::builder()
+                .scheme(backend.scheme.clone())
+                .authority(backend.url.authority.clone())
+                .path_and_query(pq)
+                .build()
+                .map_err(|e| ProxyError::Internal(e.to_string()))?,
+        };
         let mut req = Request::new(up_body);
         *req.method_mut() = out.method.clone();
         *req.uri_mut() = uri;
@@ -653,9 +676,25 @@ pub(crate) async fn forward(
             }
             tokio::time::sleep(response_timeout).await;
         };
-        let active = crate::metrics::ActiveUpstream::start(backend.label.clone());
+        let active = crate::metrics::ActiveUpstream::start(&backend.active);
+        let send = async {
+            match pool {
+                Some(p) => p
+                    .send(req)
+                    .await
+                    .map(|r| r.map(UpResp::Pooled))
+                    .map_err(SendFailure::Pool),
+                None => up
+                    .client
+                    .request(req)
+                    .await
+                    .map(|r| r.map(UpResp::Legacy))
+                    .map_err(SendFailure::Client),
+            }
+        };
         let result = tokio::select! {
-            r = up.client.request(req) => r,
+            biased;
+            r = send => r,
             _ = timer => {
                 crate::metrics::upstream_error(&backend.label, "timeout");
                 return Err(ProxyError::UpstreamTimeout { backend: backend.label.to_string(), timeout_ms: response_timeout.as_millis() });
@@ -674,7 +713,10 @@ pub(crate) async fn forward(
                 if stats.too_large.load(std::sync::atomic::Ordering::Relaxed) {
                     return Err(ProxyError::BodyTooLarge(max_body));
                 }
-                let kind = classify(&e);
+                let kind = match &e {
+                    SendFailure::Pool(p) => p.kind(),
+                    SendFailure::Client(c) => classify(c),
+                };
                 crate::metrics::upstream_error(&backend.label, kind.label());
                 if matches!(kind, FailureKind::Refused | FailureKind::ConnectTimeout) {
                     up.mark_down(&backend);
@@ -696,8 +738,24 @@ pub(crate) async fn forward(
 /// A response from a backend. Its extensions carry [`UpstreamUsed`] and the request body's
 /// byte count for the completion hook.
 pub(crate) struct Forwarded {
-    pub resp: Response<Incoming>,
+    pub resp: Response<UpResp>,
     pub backend: Arc<Backend>,
+}
+
+/// A backend's response body, from the HTTP/1.1 pool or from hyper-util's client (HTTP/2
+/// backends, WebSocket upgrades).
+pub enum UpResp {
+    Legacy(Incoming),
+    Pooled(crate::pool::PooledBody),
+}
+
+/// Why sending failed, by path.
+#[derive(Debug, thiserror::Error)]
+enum SendFailure {
+    #[error("{0}")]
+    Pool(crate::pool::SendError),
+    #[error("{0}")]
+    Client(hyper_util::client::legacy::Error),
 }
 
 /// The error and its causes on one line, for the log.

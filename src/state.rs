@@ -142,15 +142,15 @@ impl Snapshot {
                 let upstream_for =
                     |u: &UpstreamConfig, profile: &ClientProfile| -> Result<Upstream, String> {
                         let client = clients.get(profile)?;
-                        Ok(Upstream::new(
-                            u.backends
-                                .iter()
-                                .cloned()
-                                .map(|b| Arc::new(Backend::new(b)))
-                                .collect(),
-                            client,
-                            defaults::BACKEND_COOL_OFF,
-                        ))
+                        let mut backends = Vec::with_capacity(u.backends.len());
+                        for b in &u.backends {
+                            let pool = match profile.http2 {
+                                true => None,
+                                false => Some(clients.pool(profile, b)?),
+                            };
+                            backends.push(Arc::new(Backend::new(b.clone(), pool)));
+                        }
+                        Ok(Upstream::new(backends, client, defaults::BACKEND_COOL_OFF))
                     };
                 let target = match &rc.target {
                     TargetConfig::Upstream(u) => {

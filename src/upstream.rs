@@ -41,10 +41,12 @@ pub struct ClientProfile {
     pub idle_timeout: Duration,
 }
 
-/// Clients by profile, shared by consecutive snapshots.
+/// Clients by profile, and HTTP/1.1 pools by profile and backend, shared by consecutive
+/// snapshots: a reload keeps the idle connections of backends it did not change.
 #[derive(Default)]
 pub struct ClientCache {
     clients: Mutex<HashMap<ClientProfile, HttpClient>>,
+    pools: Mutex<HashMap<(ClientProfile, String), Arc<crate::pool::Pool>>>,
 }
 
 impl ClientCache {
@@ -59,10 +61,62 @@ impl ClientCache {
         Ok(client)
     }
 
-    /// Drops clients no snapshot uses any more (their idle connections close).
+    /// The HTTP/1.1 pool for `backend` under `profile` (not for HTTP/2 profiles).
+    pub fn pool(
+        &self,
+        profile: &ClientProfile,
+        backend: &BackendUrl,
+    ) -> Result<Arc<crate::pool::Pool>, String> {
+        let label = format!(
+            "{}://{}",
+            if backend.https { "https" } else { "http" },
+            backend.authority
+        );
+        let key = (profile.clone(), label.clone());
+        let mut map = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = map.get(&key) {
+            return Ok(p.clone());
+        }
+        let host = backend
+            .authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = backend
+            .authority
+            .port_u16()
+            .unwrap_or(if backend.https { 443 } else { 80 });
+        let tls = if backend.https {
+            let mut cfg =
+                (*crate::tls::client_config(profile.tls_verify, profile.tls_ca.as_deref())?)
+                    .clone();
+            cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| format!("{host}: not a server name ({e})"))?;
+            Some((tokio_rustls::TlsConnector::from(Arc::new(cfg)), name))
+        } else {
+            None
+        };
+        let pool = Arc::new(crate::pool::Pool::new(crate::pool::Target {
+            host,
+            port,
+            tls,
+            connect_timeout: profile.connect_timeout,
+            idle_timeout: profile.idle_timeout,
+            label,
+        }));
+        map.insert(key, pool.clone());
+        Ok(pool)
+    }
+
+    /// Drops clients and pools no snapshot uses any more (their idle connections close).
     pub fn retain(&self, live: &[ClientProfile]) {
         let mut map = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|k, _| live.contains(k));
+        drop(map);
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.retain(|(k, _), _| live.contains(k));
     }
 }
 
@@ -204,10 +258,14 @@ pub struct Backend {
     pub label: Arc<str>,
     /// When the cool-off ends (ms on [`now_ms`]'s clock); 0 = healthy.
     down_until: AtomicU64,
+    /// `gatehouse_upstream_active_requests` for this backend.
+    pub active: ::metrics::Gauge,
+    /// The HTTP/1.1 pool (None for HTTP/2 backends, which use the client).
+    pub pool: Option<Arc<crate::pool::Pool>>,
 }
 
 impl Backend {
-    pub fn new(url: BackendUrl) -> Backend {
+    pub fn new(url: BackendUrl, pool: Option<Arc<crate::pool::Pool>>) -> Backend {
         let scheme = if url.https {
             Scheme::HTTPS
         } else {
@@ -215,6 +273,8 @@ impl Backend {
         };
         let label: Arc<str> = format!("{}://{}", scheme, url.authority).into();
         Backend {
+            pool,
+            active: crate::metrics::ActiveUpstream::gauge(&label),
             url,
             scheme,
             label,
