@@ -41,11 +41,24 @@ enum Kind {
     Stream(Pin<Box<dyn HttpBody<Data = Bytes, Error = BoxError> + Send>>),
 }
 
+/// What the completion hook records about the upstream that answered.
+#[derive(Debug)]
+pub struct UpstreamUsed {
+    /// `scheme://host:port` of the backend.
+    pub label: Arc<str>,
+    /// Keeps the backend's active-requests gauge up until the response ends.
+    pub active: crate::metrics::ActiveUpstream,
+    /// Bytes of request body sent (only when there was a body).
+    pub stats: Option<Arc<RequestBodyStats>>,
+}
+
 /// A response body.
 pub struct Body {
     kind: Kind,
     sent: u64,
     done: Option<Completion>,
+    /// Set by the upstream paths; taken by the completion hook.
+    pub used: Option<UpstreamUsed>,
 }
 
 impl Body {
@@ -66,12 +79,15 @@ impl Body {
         Body::from_kind(Kind::Incoming(i))
     }
 
-    /// An upstream response body, from either upstream path.
-    pub fn upstream(u: crate::proxy::UpResp) -> Body {
-        match u {
+    /// An upstream response body, from either upstream path, with what the completion hook
+    /// records about the upstream.
+    pub fn upstream(u: crate::proxy::UpResp, used: UpstreamUsed) -> Body {
+        let mut b = match u {
             crate::proxy::UpResp::Legacy(i) => Body::incoming(i),
             crate::proxy::UpResp::Pooled(p) => Body::from_kind(Kind::Pooled(p)),
-        }
+        };
+        b.used = Some(used);
+        b
     }
 
     pub fn stream(s: impl HttpBody<Data = Bytes, Error = BoxError> + Send + 'static) -> Body {
@@ -83,6 +99,7 @@ impl Body {
             kind,
             sent: 0,
             done: None,
+            used: None,
         }
     }
 

@@ -427,7 +427,7 @@ pub(crate) async fn handle(
     )
     .await
     {
-        Ok(crate::proxy::Forwarded { mut resp, .. }) => {
+        Ok(crate::proxy::Forwarded { mut resp, used, .. }) => {
             crate::metrics::clerk_request(&route.id, resp.status());
             headers::strip_hop_by_hop(resp.headers_mut());
             if let Some(loc) = resp
@@ -441,7 +441,7 @@ pub(crate) async fn handle(
                     }
                 }
             }
-            resp.map(Body::upstream)
+            resp.map(|b| Body::upstream(b, used))
         }
         Err(e) => {
             tracing::warn!(peer = %cx.conn.peer, route = %route.id, error = %e, "Clerk FAPI request failed");

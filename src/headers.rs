@@ -75,8 +75,23 @@ pub fn has_token(value: &HeaderValue, token: &str) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
+/// Removes every header whose name `pred` selects, in one pass over the names (most requests
+/// carry none of them, and a `remove` per candidate name costs a hash each).
+fn remove_where(headers: &mut HeaderMap, pred: impl Fn(&HeaderName) -> bool) {
+    if !headers.keys().any(&pred) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers.keys().filter(|k| pred(k)).cloned().collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
 /// Removes hop-by-hop headers: first every name listed in `Connection`, then the fixed set.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> HopInfo {
+    if !headers.keys().any(|k| hop_by_hop().contains(&k)) {
+        return HopInfo::default();
+    }
     let mut info = HopInfo {
         te_trailers: headers
             .get_all(header::TE)
@@ -108,32 +123,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> HopInfo {
     for name in listed {
         headers.remove(name);
     }
-    for name in hop_by_hop() {
-        headers.remove(name);
-    }
+    remove_where(headers, |k| hop_by_hop().contains(&k));
     info
 }
 
 /// Drops header names containing `_` (nginx's `underscores_in_headers off`).
 pub fn drop_underscore_headers(headers: &mut HeaderMap) {
-    if !headers.keys().any(|k| k.as_str().contains('_')) {
-        return;
-    }
-    let names: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().contains('_'))
-        .cloned()
-        .collect();
-    for name in names {
-        headers.remove(name);
-    }
+    remove_where(headers, |k| k.as_str().contains('_'));
 }
 
 /// Removes `Clerk-Secret-Key` and `Clerk-Proxy-Url` sent by a client: only the Clerk route may
 /// set them, and an app backend must never see a secret it did not expect.
 pub fn drop_clerk_headers(headers: &mut HeaderMap) {
-    headers.remove(&CLERK_SECRET_KEY);
-    headers.remove(&CLERK_PROXY_URL);
+    remove_where(headers, |k| k == CLERK_SECRET_KEY || k == CLERK_PROXY_URL);
 }
 
 /// The set of peers whose forwarding headers are believed.
@@ -203,12 +205,22 @@ pub fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
 #[derive(Debug, Clone, Copy)]
 pub struct Hop<'a> {
     pub peer: IpAddr,
+    /// The peer's address as a header value, made once per connection (formatting an address
+    /// per request showed up in profiles).
+    pub peer_value: &'a HeaderValue,
     pub peer_trusted: bool,
     pub client_ip: IpAddr,
     /// `http` or `https`: the listener's scheme.
     pub proto: &'static str,
     /// The Host the client asked for, as received.
-    pub host: &'a str,
+    pub host: &'a HeaderValue,
+}
+
+/// An address as a header value.
+pub fn ip_value(ip: IpAddr) -> HeaderValue {
+    let mut s = String::with_capacity(40);
+    push_ip(&mut s, ip.to_canonical());
+    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// Writes `X-Forwarded-For`, `-Proto`, `-Host`, `X-Real-IP` and, when a prefix was stripped,
@@ -238,12 +250,16 @@ pub fn set_forwarding_headers(headers: &mut HeaderMap, hop: &Hop<'_>, stripped: 
         if !headers.contains_key(&X_FORWARDED_PROTO) {
             headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(hop.proto));
         }
-        if !headers.contains_key(&X_FORWARDED_HOST) {
-            insert_str(headers, &X_FORWARDED_HOST, hop.host);
+        if !headers.contains_key(&X_FORWARDED_HOST) && !hop.host.is_empty() {
+            headers.insert(&X_FORWARDED_HOST, hop.host.clone());
         }
         if !headers.contains_key(&X_REAL_IP) {
-            push_ip(&mut ip_buf, hop.client_ip);
-            insert_str(headers, &X_REAL_IP, &ip_buf);
+            if hop.client_ip == peer {
+                headers.insert(&X_REAL_IP, hop.peer_value.clone());
+            } else {
+                push_ip(&mut ip_buf, hop.client_ip);
+                insert_str(headers, &X_REAL_IP, &ip_buf);
+            }
         }
         if let Some(prefix) = stripped {
             let combined = match headers
@@ -256,14 +272,15 @@ pub fn set_forwarding_headers(headers: &mut HeaderMap, hop: &Hop<'_>, stripped: 
             insert_str(headers, &X_FORWARDED_PREFIX, &combined);
         }
     } else {
-        for name in &UNTRUSTED_FORWARDING {
-            headers.remove(name);
-        }
-        push_ip(&mut ip_buf, peer);
-        insert_str(headers, &X_FORWARDED_FOR, &ip_buf);
-        insert_str(headers, &X_REAL_IP, &ip_buf);
+        remove_where(headers, |k| UNTRUSTED_FORWARDING.contains(k));
+        headers.insert(&X_FORWARDED_FOR, hop.peer_value.clone());
+        headers.insert(&X_REAL_IP, hop.peer_value.clone());
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(hop.proto));
-        insert_str(headers, &X_FORWARDED_HOST, hop.host);
+        if hop.host.is_empty() {
+            headers.remove(&X_FORWARDED_HOST);
+        } else {
+            headers.insert(&X_FORWARDED_HOST, hop.host.clone());
+        }
         if let Some(prefix) = stripped {
             insert_str(headers, &X_FORWARDED_PREFIX, prefix);
         }
@@ -439,13 +456,16 @@ mod tests {
         assert!(h.is_empty());
     }
 
-    fn hop<'a>(peer: &str, trusted_peer: bool, client: &str) -> Hop<'a> {
+    static HOST: HeaderValue = HeaderValue::from_static("app.example.com");
+
+    fn hop(peer: &str, trusted_peer: bool, client: &str) -> Hop<'static> {
         Hop {
             peer: ip(peer),
+            peer_value: Box::leak(Box::new(ip_value(ip(peer)))),
             peer_trusted: trusted_peer,
             client_ip: ip(client),
             proto: "http",
-            host: "app.example.com",
+            host: &HOST,
         }
     }
 

@@ -294,28 +294,49 @@ pub fn upstream_error(upstream: &str, kind: &'static str) {
 }
 
 /// An open client connection, counted while this guard lives.
-#[derive(Debug)]
 pub struct ConnGauge {
-    listener: &'static str,
-    protocol: &'static str,
+    gauge: ::metrics::Gauge,
+}
+
+impl std::fmt::Debug for ConnGauge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnGauge")
+    }
 }
 
 impl ConnGauge {
     pub fn open(listener: &'static str, protocol: &'static str) -> ConnGauge {
-        gauge!(OPEN_CONNECTIONS, "listener" => listener, "protocol" => protocol).increment(1.0);
-        ConnGauge { listener, protocol }
+        let gauge = conn_gauge(listener, protocol);
+        gauge.increment(1.0);
+        ConnGauge { gauge }
     }
 }
 
 impl Drop for ConnGauge {
     fn drop(&mut self) {
-        gauge!(OPEN_CONNECTIONS, "listener" => self.listener, "protocol" => self.protocol)
-            .decrement(1.0);
+        self.gauge.decrement(1.0);
     }
 }
 
+/// The open-connections gauge for a listener and protocol, looked up once per process.
+fn conn_gauge(listener: &'static str, protocol: &'static str) -> ::metrics::Gauge {
+    type Cache = Vec<((&'static str, &'static str), ::metrics::Gauge)>;
+    static CACHE: std::sync::Mutex<Cache> = std::sync::Mutex::new(Vec::new());
+    let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, g)) = c.iter().find(|(k, _)| *k == (listener, protocol)) {
+        return g.clone();
+    }
+    let g = gauge!(OPEN_CONNECTIONS, "listener" => listener, "protocol" => protocol);
+    c.push(((listener, protocol), g.clone()));
+    g
+}
+
 pub fn connection_accepted(listener: &'static str) {
-    counter!(CONNECTIONS, "listener" => listener).increment(1);
+    static HTTP: OnceLock<Counter> = OnceLock::new();
+    static HTTPS: OnceLock<Counter> = OnceLock::new();
+    let cell = if listener == "https" { &HTTPS } else { &HTTP };
+    cell.get_or_init(|| counter!(CONNECTIONS, "listener" => listener))
+        .increment(1);
 }
 
 pub fn tls_handshake(ok: Result<&'static str, &'static str>) {

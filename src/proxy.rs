@@ -22,7 +22,7 @@ use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 
-use crate::body::{Body, RequestBodyStats, UpstreamBody};
+use crate::body::{Body, RequestBodyStats, UpstreamBody, UpstreamUsed};
 use crate::config::HostPolicy;
 use crate::error::ProxyError;
 use crate::headers::{self, Hop};
@@ -40,6 +40,8 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The TLS server name, lowercased, when the client sent one.
     pub sni: Option<Box<str>>,
+    /// The peer's address as a header value, for `X-Forwarded-For` and `X-Real-IP`.
+    pub peer_value: HeaderValue,
     pub activity: Arc<Activity>,
     /// Counts this connection in `gatehouse_open_connections` from its first request (when its
     /// protocol is known) until it closes.
@@ -72,10 +74,11 @@ impl Ctx<'_> {
     pub fn hop(&self) -> Hop<'_> {
         Hop {
             peer: self.conn.peer.ip(),
+            peer_value: &self.conn.peer_value,
             peer_trusted: self.peer_trusted,
             client_ip: self.client_ip,
             proto: self.conn.scheme(),
-            host: self.host_str(),
+            host: &self.host,
         }
     }
 }
@@ -122,22 +125,13 @@ pub async fn serve(
         method,
         status: resp.status(),
         route,
-        upstream: resp.extensions_mut().remove::<UpstreamUsed>(),
-        body_stats: resp.extensions().get::<Arc<RequestBodyStats>>().cloned(),
+        upstream: resp.body_mut().used.take(),
         generation: snap.generation,
         log,
     };
     resp.body_mut()
         .on_complete(Box::new(move |outcome| finish.done(outcome)));
     Ok(resp)
-}
-
-/// The backend that answered, attached to the response for logs and metrics; it also keeps the
-/// upstream's active-requests gauge up until the response body ends.
-#[derive(Debug, Clone)]
-pub(crate) struct UpstreamUsed {
-    pub label: Arc<str>,
-    _active: Arc<crate::metrics::ActiveUpstream>,
 }
 
 /// Access-log fields taken from the request before it is consumed.
@@ -199,7 +193,6 @@ struct Finish {
     status: StatusCode,
     route: Option<Arc<Route>>,
     upstream: Option<UpstreamUsed>,
-    body_stats: Option<Arc<RequestBodyStats>>,
     generation: u64,
     log: Option<(Arc<crate::access_log::AccessLog>, LogFields)>,
 }
@@ -208,8 +201,9 @@ impl Finish {
     fn done(self, outcome: crate::body::BodyOutcome) {
         let elapsed = self.started.elapsed();
         let bytes_in = self
-            .body_stats
+            .upstream
             .as_ref()
+            .and_then(|u| u.stats.as_ref())
             .map(|s| s.bytes.load(std::sync::atomic::Ordering::Relaxed))
             .unwrap_or(0);
         let metrics = self
@@ -498,8 +492,11 @@ async fn to_upstream(
         },
         http2: opts.http2,
     };
-    let Forwarded { mut resp, backend } =
-        forward(up, out, body, opts.timeouts.response, opts.limits.max_body).await?;
+    let Forwarded {
+        mut resp,
+        backend,
+        used,
+    } = forward(up, out, body, opts.timeouts.response, opts.limits.max_body).await?;
 
     if let Some(client_on) = upgrade {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -517,7 +514,7 @@ async fn to_upstream(
         }
     }
     headers::strip_hop_by_hop(resp.headers_mut());
-    Ok(resp.map(Body::upstream))
+    Ok(resp.map(|b| Body::upstream(b, used)))
 }
 
 /// Refuses a declared body over the limit before reading any of it.
@@ -603,7 +600,7 @@ pub(crate) async fn forward(
     let bodiless = body.is_end_stream();
     let can_retry = bodiless && up.backends.len() > 1;
     let mut body = Some(body);
-    let stats = Arc::new(RequestBodyStats::default());
+    let stats = (!bodiless).then(|| Arc::new(RequestBodyStats::default()));
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -640,7 +637,9 @@ pub(crate) async fn forward(
             (Some(t), Some(r))
         };
         let up_body = match body.take() {
-            Some(b) if !bodiless => UpstreamBody::new(b, max_body, stats.clone(), finished_tx),
+            Some(b) if !bodiless => {
+                UpstreamBody::new(b, max_body, stats.clone().unwrap_or_default(), finished_tx)
+            }
             _ => UpstreamBody::empty(),
         };
         let mut pq = String::with_capacity(backend.url.base_path.len() + out.path_and_query.len());
@@ -701,16 +700,23 @@ pub(crate) async fn forward(
             }
         };
         match result {
-            Ok(mut resp) => {
-                resp.extensions_mut().insert(UpstreamUsed {
+            Ok(resp) => {
+                let used = UpstreamUsed {
                     label: backend.label.clone(),
-                    _active: Arc::new(active),
+                    active,
+                    stats,
+                };
+                return Ok(Forwarded {
+                    resp,
+                    backend,
+                    used,
                 });
-                resp.extensions_mut().insert(stats.clone());
-                return Ok(Forwarded { resp, backend });
             }
             Err(e) => {
-                if stats.too_large.load(std::sync::atomic::Ordering::Relaxed) {
+                if stats
+                    .as_ref()
+                    .is_some_and(|s| s.too_large.load(std::sync::atomic::Ordering::Relaxed))
+                {
                     return Err(ProxyError::BodyTooLarge(max_body));
                 }
                 let kind = match &e {
@@ -740,6 +746,7 @@ pub(crate) async fn forward(
 pub(crate) struct Forwarded {
     pub resp: Response<UpResp>,
     pub backend: Arc<Backend>,
+    pub used: UpstreamUsed,
 }
 
 /// A backend's response body, from the HTTP/1.1 pool or from hyper-util's client (HTTP/2

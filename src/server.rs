@@ -306,6 +306,7 @@ async fn serve_tcp(tcp: TcpStream, peer: SocketAddr, kind: ListenerKind, ctx: &S
                 local,
                 tls: false,
                 sni: None,
+                peer_value: crate::headers::ip_value(peer.ip()),
                 activity: activity.clone(),
                 gauge: Default::default(),
             });
@@ -331,6 +332,7 @@ async fn serve_tcp(tcp: TcpStream, peer: SocketAddr, kind: ListenerKind, ctx: &S
                 local,
                 tls: true,
                 sni: accepted.sni.map(String::into_boxed_str),
+                peer_value: crate::headers::ip_value(peer.ip()),
                 activity: activity.clone(),
                 gauge: Default::default(),
             });
@@ -375,17 +377,24 @@ async fn serve_http<I>(
     if closing {
         http.as_mut().graceful_shutdown();
     }
+    // One shutdown future for the connection's life: making a new one per loop turn costs a
+    // waiter registration each time.
+    let shutdown_signal = async move {
+        let _ = shutdown.changed().await;
+    };
+    tokio::pin!(shutdown_signal);
     let timer = tokio::time::sleep(header_read.min(idle));
     tokio::pin!(timer);
     loop {
         tokio::select! {
+            biased;
             r = http.as_mut() => {
                 if let Err(e) = r {
                     tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
                 }
                 return;
             }
-            _ = shutdown.changed(), if !closing => {
+            _ = &mut shutdown_signal, if !closing => {
                 closing = true;
                 http.as_mut().graceful_shutdown();
             }
