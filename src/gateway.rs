@@ -549,51 +549,42 @@ fn bind_help(e: &std::io::Error, addr: SocketAddr) -> &'static str {
 
 /// What changed between two snapshots, by site name and route id.
 fn diff(prev: &Snapshot, next: &Snapshot) -> ReloadReport {
+    use crate::config::{RouteConfig, SiteConfig};
     let mut r = ReloadReport::default();
-    let sites = |s: &Snapshot| -> HashMap<String, String> {
+    let site_key = |x: &SiteConfig| {
+        (
+            x.hosts.clone(),
+            x.default,
+            x.hsts.clone(),
+            x.redirect_https,
+            x.tls.is_some(),
+        )
+    };
+    let sites = |s: &Snapshot| -> HashMap<String, _> {
         s.config
             .sites
             .iter()
-            .map(|x| {
-                (
-                    x.name.clone(),
-                    format!(
-                        "{:?}{:?}{:?}{:?}{}",
-                        x.hosts,
-                        x.default,
-                        x.hsts,
-                        x.redirect_https,
-                        x.tls.is_some()
-                    ),
-                )
-            })
+            .map(|x| (x.name.clone(), site_key(x)))
             .collect()
     };
-    let routes = |s: &Snapshot| -> HashMap<String, String> {
+    fn routes(s: &Snapshot) -> HashMap<String, &RouteConfig> {
         s.config
             .sites
             .iter()
             .flat_map(|x| x.routes.iter())
-            .map(|rt| {
-                (
-                    rt.id.clone(),
-                    format!("{:?}{:?}{:?}", rt.matcher, rt.target, rt.options),
-                )
-            })
+            .map(|rt| (rt.id.clone(), rt))
             .collect()
-    };
-    let (a, b) = (sites(prev), sites(next));
+    }
     compare(
-        &a,
-        &b,
+        &sites(prev),
+        &sites(next),
         &mut r.sites_added,
         &mut r.sites_removed,
         &mut r.sites_changed,
     );
-    let (a, b) = (routes(prev), routes(next));
     compare(
-        &a,
-        &b,
+        &routes(prev),
+        &routes(next),
         &mut r.routes_added,
         &mut r.routes_removed,
         &mut r.routes_changed,
@@ -601,9 +592,9 @@ fn diff(prev: &Snapshot, next: &Snapshot) -> ReloadReport {
     r
 }
 
-fn compare(
-    a: &HashMap<String, String>,
-    b: &HashMap<String, String>,
+fn compare<V: PartialEq>(
+    a: &HashMap<String, V>,
+    b: &HashMap<String, V>,
     added: &mut Vec<String>,
     removed: &mut Vec<String>,
     changed: &mut Vec<String>,

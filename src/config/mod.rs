@@ -201,7 +201,7 @@ pub enum TlsSource {
     SelfSigned,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {
     /// Unique in the file; the metric and log label.
     pub id: String,
@@ -210,7 +210,7 @@ pub struct RouteConfig {
     pub options: RouteOptions,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum TargetConfig {
     Upstream(UpstreamConfig),
     Redirect(RedirectConfig),
@@ -305,7 +305,7 @@ pub struct RespondConfig {
     pub content_type: HeaderValue,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClerkConfig {
     pub secret_key: Secret,
     pub publishable_key: String,
