@@ -1,7 +1,9 @@
 //! Router lookup cost: 1 site against 10,000 sites, 100 routes per site.
 //! `cargo bench --bench router`
 
-use criterion::{Criterion, black_box, criterion_group, criterion_main};
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
 use gatehouse::router::{HostPattern, HostTable, PathMatch, RouteTable, normalize_host};
 
 fn tables(sites: usize) -> (HostTable, Vec<RouteTable<usize>>) {
