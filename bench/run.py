@@ -182,6 +182,9 @@ def gatehouse_config(d, workers, sites=1, tls=False, log=False):
     for i in range(sites):
         host = HOST if i == sites // 2 or sites == 1 else f"site{i}.example.com"
         lines += ["[[site]]", f'hosts = ["{host}"]']
+        if host == HOST:
+            # h2load and s_time connect by IP: no SNI, so the default site's certificate.
+            lines.append("default = true")
         if tls:
             lines.append(f'tls = {{ cert = "{d}/cert.pem", key = "{d}/key.pem" }}')
         for r in ["/api", "/static", "/admin", "/auth"]:
@@ -200,6 +203,8 @@ def nginx_config(d, workers, sites=1, tls=False):
         if tls:
             listen += f"\n listen 127.0.0.1:{NG_HTTPS} ssl http2;\n ssl_certificate {d}/cert.pem;\n ssl_certificate_key {d}/key.pem;"
         locs = "".join(f" location {r} {{ proxy_pass http://up; }}\n" for r in ["/api/", "/static/", "/admin/", "/auth/", "/"])
+        if host == HOST:
+            listen = listen.replace(f"listen 127.0.0.1:{NG_HTTP};", f"listen 127.0.0.1:{NG_HTTP} default_server;").replace("ssl http2;", "ssl http2 default_server;")
         servers.append(f"server {{\n {listen}\n server_name {host};\n{locs}}}\n")
     conf = f"""
 worker_processes {workers};

@@ -107,7 +107,9 @@ pub async fn serve(
         (l, fields)
     });
     let mut route: Option<Arc<Route>> = None;
-    let mut resp = match handle(req, &conn, &snap, &mut route).await {
+    // Boxed: the handler's state is large, and hyper moves the service future (and, for
+    // HTTP/2, copies it into a task of its own); a pointer is cheaper to move (profiled).
+    let mut resp = match Box::pin(handle(req, &conn, &snap, &mut route)).await {
         Ok(r) => r,
         Err(e) => {
             let id = route.as_ref().map(|r| &*r.id).unwrap_or("-");

@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -298,9 +297,20 @@ async fn serve_tcp(tcp: TcpStream, peer: SocketAddr, kind: ListenerKind, ctx: &S
     );
     let max_header = server.limits.max_request_header_bytes;
     drop(snap);
+    let svc = {
+        let shared = ctx.shared.clone();
+        move |conn: Arc<ConnInfo>| {
+            service_fn(move |req| crate::proxy::serve(req, conn.clone(), shared.clone()))
+        }
+    };
     match kind {
         ListenerKind::Http => {
-            let activity = Arc::new(Activity::new(false));
+            // HTTP/2 with prior knowledge starts with the connection preface (RFC 9113 §3.4).
+            let Some(proto) = sniff(&tcp, header_read).await else {
+                return;
+            };
+            let h2 = proto == Proto::H2;
+            let activity = Arc::new(Activity::new(h2));
             let conn = Arc::new(ConnInfo {
                 peer,
                 local,
@@ -310,23 +320,49 @@ async fn serve_tcp(tcp: TcpStream, peer: SocketAddr, kind: ListenerKind, ctx: &S
                 activity: activity.clone(),
                 gauge: Default::default(),
             });
-            let io = TrackedIo {
+            let io = TokioIo::new(TrackedIo {
                 inner: tcp,
-                activity: activity.clone(),
-            };
-            serve_http(io, conn, ctx, idle, header_read, max_header).await;
+                activity,
+            });
+            let service = svc(conn.clone());
+            if h2 {
+                run(
+                    h2_builder(max_header).serve_connection(io, service),
+                    &conn,
+                    ctx,
+                    idle,
+                    header_read,
+                )
+                .await;
+            } else {
+                run(
+                    h1_builder(max_header)
+                        .serve_connection(io, service)
+                        .with_upgrades(),
+                    &conn,
+                    ctx,
+                    idle,
+                    header_read,
+                )
+                .await;
+            }
         }
         ListenerKind::Https => {
             let accepted = match crate::tls::accept(tcp, ctx.tls.clone(), &*ctx.shared, handshake)
                 .await
             {
-                Ok(a) => a,
+                Ok(a) => {
+                    crate::metrics::tls_handshake(Ok(if a.h2 { "h2" } else { "http/1.1" }));
+                    a
+                }
                 Err(e) => {
+                    crate::metrics::tls_handshake(Err(e.reason()));
                     tracing::debug!(%peer, reason = e.reason(), error = %e, "TLS handshake failed");
                     return;
                 }
             };
-            let activity = Arc::new(Activity::new(accepted.h2));
+            let h2 = accepted.h2;
+            let activity = Arc::new(Activity::new(h2));
             let conn = Arc::new(ConnInfo {
                 peer,
                 local,
@@ -336,46 +372,127 @@ async fn serve_tcp(tcp: TcpStream, peer: SocketAddr, kind: ListenerKind, ctx: &S
                 activity: activity.clone(),
                 gauge: Default::default(),
             });
-            let io = TrackedIo {
+            let io = TokioIo::new(TrackedIo {
                 inner: accepted.stream,
-                activity: activity.clone(),
-            };
-            serve_http(io, conn, ctx, idle, header_read, max_header).await;
+                activity,
+            });
+            let service = svc(conn.clone());
+            if h2 {
+                run(
+                    h2_builder(max_header).serve_connection(io, service),
+                    &conn,
+                    ctx,
+                    idle,
+                    header_read,
+                )
+                .await;
+            } else {
+                run(
+                    h1_builder(max_header)
+                        .serve_connection(io, service)
+                        .with_upgrades(),
+                    &conn,
+                    ctx,
+                    idle,
+                    header_read,
+                )
+                .await;
+            }
         }
     }
 }
 
-async fn serve_http<I>(
-    io: I,
-    conn: Arc<ConnInfo>,
-    ctx: &ServerCtx,
-    idle: Duration,
-    header_read: Duration,
-    max_header: u64,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .header_read_timeout(None)
-        .max_buf_size((max_header as usize).max(8192))
-        .keep_alive(true);
-    builder
-        .http2()
-        .max_header_list_size(max_header.min(u32::MAX as u64) as u32)
+/// The HTTP version of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    H1,
+    H2,
+}
+
+/// Tells HTTP/2 prior knowledge from HTTP/1 by peeking at the first bytes, without consuming
+/// them. A client that sends nothing is dropped after `deadline` (the header-read timeout).
+async fn sniff(tcp: &TcpStream, deadline: Duration) -> Option<Proto> {
+    let mut buf = [0u8; 24];
+    let look = async {
+        loop {
+            let n = tcp.peek(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            if buf[..n] != H2_PREFACE[..n] {
+                return Some(Proto::H1);
+            }
+            if n == H2_PREFACE.len() {
+                return Some(Proto::H2);
+            }
+            // Part of the preface so far: wait for the rest (peek would return at once).
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(deadline, look).await.ok().flatten()
+}
+
+fn h1_builder(max_header: u64) -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    // Headers are capped on their own; the read buffer stays large so bodies move in big reads.
+    b.max_header_size(max_header as usize).keep_alive(true);
+    b
+}
+
+fn h2_builder(max_header: u64) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    b.max_header_list_size(max_header.min(u32::MAX as u64) as u32)
         .max_concurrent_streams(250)
         .max_pending_accept_reset_streams(100)
         .max_local_error_reset_streams(1024);
-    let shared = ctx.shared.clone();
-    let conn2 = conn.clone();
-    let svc = service_fn(move |req| crate::proxy::serve(req, conn2.clone(), shared.clone()));
-    let http = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    b
+}
+
+/// An HTTP connection that can be asked to finish gracefully.
+trait Graceful: std::future::Future<Output = hyper::Result<()>> {
+    fn graceful(self: Pin<&mut Self>);
+}
+
+impl<I, S> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::ResBody: hyper::body::Body + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S> Graceful for hyper::server::conn::http2::Connection<I, S, TokioExecutor>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::ResBody: hyper::body::Body + Send + 'static,
+    <S::ResBody as hyper::body::Body>::Data: Send,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Drives one connection: serves it, applies the idle and header-read timeouts, and finishes it
+/// gracefully when the server shuts down.
+async fn run<C: Graceful>(
+    http: C,
+    conn: &ConnInfo,
+    ctx: &ServerCtx,
+    idle: Duration,
+    header_read: Duration,
+) {
     tokio::pin!(http);
     let mut shutdown = ctx.shutdown.clone();
     let mut closing = *shutdown.borrow();
     if closing {
-        http.as_mut().graceful_shutdown();
+        http.as_mut().graceful();
     }
     // One shutdown future for the connection's life: making a new one per loop turn costs a
     // waiter registration each time.
@@ -396,7 +513,7 @@ async fn serve_http<I>(
             }
             _ = &mut shutdown_signal, if !closing => {
                 closing = true;
-                http.as_mut().graceful_shutdown();
+                http.as_mut().graceful();
             }
             _ = &mut timer => {
                 match conn.activity.check(idle, header_read) {
@@ -407,7 +524,7 @@ async fn serve_http<I>(
                             return;
                         }
                         closing = true;
-                        http.as_mut().graceful_shutdown();
+                        http.as_mut().graceful();
                         timer.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
                     }
                     Check::HeaderTimeout => {
