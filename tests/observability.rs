@@ -434,3 +434,69 @@ async fn wait_lines(path: &std::path::Path, n: usize) -> String {
     })
     .await
 }
+
+#[tokio::test]
+async fn tls_handshakes_and_failures_are_counted_by_reason() {
+    let gw = gateway(
+        r#"
+[server]
+https = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+[[site]]
+hosts = ["tlsmetrics.test"]
+tls = "self-signed"
+  [[site.route]]
+  prefix = "/"
+  respond = { body = "ok" }
+"#,
+    )
+    .await;
+    let ok = tls_connect(
+        gw.https(),
+        common::pki::capture_config(&[b"http/1.1"]),
+        Some("tlsmetrics.test"),
+    )
+    .await
+    .unwrap();
+    drop(ok);
+    assert!(
+        tls_connect(
+            gw.https(),
+            common::pki::capture_config(&[]),
+            Some("nobody.test")
+        )
+        .await
+        .is_err()
+    );
+    let m = scrape(&gw).await;
+    assert!(
+        sample(
+            &m,
+            "gatehouse_tls_handshakes_total",
+            &["protocol=\"http/1.1\""]
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{m}"
+    );
+    assert!(
+        sample(
+            &m,
+            "gatehouse_tls_handshake_failures_total",
+            &["reason=\"unrecognized_name\""]
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{m}"
+    );
+    assert!(
+        sample(
+            &m,
+            "gatehouse_certificate_expiry_seconds",
+            &["site=\"tlsmetrics.test\""]
+        )
+        .unwrap_or(0.0)
+            > 86400.0,
+        "{m}"
+    );
+}
