@@ -468,35 +468,37 @@ tls = "self-signed"
         .await
         .is_err()
     );
-    let m = scrape(&gw).await;
-    assert!(
+    // The server counts a failure right after sending the alert: wait for the count.
+    let failed = |m: &str| {
         sample(
-            &m,
-            "gatehouse_tls_handshakes_total",
-            &["protocol=\"http/1.1\""]
-        )
-        .unwrap_or(0.0)
-            >= 1.0,
-        "{m}"
-    );
-    assert!(
-        sample(
-            &m,
+            m,
             "gatehouse_tls_handshake_failures_total",
-            &["reason=\"unrecognized_name\""]
+            &["reason=\"unrecognized_name\""],
         )
         .unwrap_or(0.0)
-            >= 1.0,
-        "{m}"
-    );
-    assert!(
-        sample(
-            &m,
-            "gatehouse_certificate_expiry_seconds",
-            &["site=\"tlsmetrics.test\""]
-        )
-        .unwrap_or(0.0)
-            > 86400.0,
-        "{m}"
-    );
+    };
+    let m = within("the handshake counters", async {
+        loop {
+            let m = scrape(&gw).await;
+            if failed(&m) >= 1.0 {
+                return m;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let ok = sample(
+        &m,
+        "gatehouse_tls_handshakes_total",
+        &["protocol=\"http/1.1\""],
+    )
+    .unwrap_or(0.0);
+    assert!(ok >= 1.0, "{m}");
+    let left = sample(
+        &m,
+        "gatehouse_certificate_expiry_seconds",
+        &["site=\"tlsmetrics.test\""],
+    )
+    .unwrap_or(0.0);
+    assert!(left > 86400.0, "{m}");
 }
