@@ -44,6 +44,21 @@ fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Scrapes until `ready` holds: a request's metrics are recorded as its response body ends,
+/// which can be a moment after the client has read the last byte.
+async fn scrape_until(gw: &Gw, ready: impl Fn(&str) -> bool) -> String {
+    within("the expected metrics", async {
+        loop {
+            let m = scrape(gw).await;
+            if ready(&m) {
+                return m;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+}
+
 async fn scrape(gw: &Gw) -> String {
     let r = get(gw.gw.admin_addr().unwrap(), "admin", "/metrics").await;
     assert_eq!(r.status, 200);
@@ -74,7 +89,15 @@ async fn request_counters_and_histograms_by_site_route_method_and_status() {
     for _ in 0..2 {
         assert_eq!(get(gw.http(), "metrics1.test", "/other").await.status, 404);
     }
-    let m = scrape(&gw).await;
+    let m = scrape_until(&gw, |m| {
+        sample(m, "gatehouse_requests_total", &["route=\"metrics1-root\""]) == Some(2.0)
+            && sample(
+                m,
+                "gatehouse_requests_total",
+                &["route=\"metrics1-api\"", "method=\"POST\""],
+            ) == Some(3.0)
+    })
+    .await;
     let l = |route: &str, method: &str, status: &str| {
         [
             format!("route=\"{route}\""),
@@ -162,7 +185,11 @@ async fn upstream_errors_and_backend_health_are_exported() {
     ))
     .await;
     assert_eq!(get(gw.http(), "metrics3.test", "/api").await.status, 200);
-    let m = scrape(&gw).await;
+    let live_active = format!("upstream=\"{}\"", live.url());
+    let m = scrape_until(&gw, |m| {
+        sample(m, "gatehouse_upstream_active_requests", &[&live_active]) == Some(0.0)
+    })
+    .await;
     let dead_label = format!("upstream=\"http://{dead}\"");
     assert_eq!(
         sample(
