@@ -40,6 +40,7 @@ async fn main() {
     let gw = gatehouse::Gateway::start(gatehouse::Options {
         config_path: path.clone(),
         env: gatehouse::config::process_env(),
+        workers: Vec::new(),
     })
     .await
     .expect("start");

@@ -29,6 +29,9 @@ use crate::upstream::ClientCache;
 pub struct Options {
     pub config_path: PathBuf,
     pub env: EnvLookup,
+    /// Runtimes that serve connections (see [`server::worker_runtimes`]); empty: the runtime
+    /// that starts the gateway serves them too.
+    pub workers: Vec<tokio::runtime::Handle>,
 }
 
 /// Why the gateway could not start.
@@ -158,6 +161,8 @@ pub struct Gateway {
     ready: AtomicBool,
     /// The admin listener's bound address.
     admin_addr: Option<SocketAddr>,
+    /// `server.workers` and `server.max_connections` as started: a reload cannot change them.
+    fixed_at_start: (Option<usize>, usize),
     /// Publishes the generation after every swap (tests and tools wait on it).
     generation_tx: watch::Sender<u64>,
 }
@@ -183,25 +188,31 @@ impl Gateway {
         // /readyz can say "not ready" while the others are being bound.
         let server = config.server.clone();
         let admin = match server.admin {
-            Some(addr) => Some(server::bind(addr).map_err(|source| StartError::Bind {
-                addr,
-                what: "server.admin",
-                help: bind_help(&source, addr),
-                source,
-            })?),
+            Some(addr) => Some(
+                server::bind(addr)
+                    .and_then(tokio::net::TcpListener::from_std)
+                    .map_err(|source| StartError::Bind {
+                        addr,
+                        what: "server.admin",
+                        help: bind_help(&source, addr),
+                        source,
+                    })?,
+            ),
             None => None,
         };
         let metrics = crate::metrics::install();
         let mut bound = Vec::new();
         for (kind, addr) in wanted_listeners(&server) {
-            let listener = server::bind(addr).map_err(|source| StartError::Bind {
-                addr,
-                what: match kind {
-                    ListenerKind::Http => "server.http",
-                    ListenerKind::Https => "server.https",
-                },
-                help: bind_help(&source, addr),
-                source,
+            let listener = server::Bound::new(addr, options.workers.len()).map_err(|source| {
+                StartError::Bind {
+                    addr,
+                    what: match kind {
+                        ListenerKind::Http => "server.http",
+                        ListenerKind::Https => "server.https",
+                    },
+                    help: bind_help(&source, addr),
+                    source,
+                }
             })?;
             bound.push((kind, addr, listener));
         }
@@ -211,8 +222,7 @@ impl Gateway {
         snapshot.https_port = bound
             .iter()
             .find(|(k, ..)| *k == ListenerKind::Https)
-            .and_then(|(_, _, l)| l.local_addr().ok())
-            .map(|a| a.port());
+            .map(|(_, _, l)| l.addr.port());
         let log = snapshot.config.log.clone();
         let shared = Arc::new(Shared::new(snapshot, clients));
         if let Some(l) = crate::access_log::AccessLog::start(
@@ -247,6 +257,7 @@ impl Gateway {
             ready: AtomicBool::new(false),
             generation_tx: watch::channel(1).0,
             admin_addr: admin.as_ref().and_then(|l| l.local_addr().ok()),
+            fixed_at_start: (server.workers, server.max_connections),
         });
         if let Some(admin) = admin {
             tokio::spawn(crate::admin::serve(admin, gw.clone(), metrics.clone()));
@@ -269,20 +280,10 @@ impl Gateway {
         Ok(gw)
     }
 
-    fn spawn_listener(
-        &self,
-        kind: ListenerKind,
-        configured: SocketAddr,
-        listener: tokio::net::TcpListener,
-    ) {
-        let bound = listener.local_addr().unwrap_or(configured);
+    fn spawn_listener(&self, kind: ListenerKind, configured: SocketAddr, listener: server::Bound) {
+        let bound = listener.addr;
         let (stop, stop_rx) = watch::channel(false);
-        tokio::spawn(server::accept_loop(
-            listener,
-            kind,
-            self.ctx.clone(),
-            stop_rx,
-        ));
+        listener.serve(kind, &self.ctx, &stop_rx, &self.options.workers);
         self.listeners
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -342,6 +343,15 @@ impl Gateway {
                 tracing::warn!(admin = %prev, "the admin address changed; it takes effect at the next restart");
             }
         }
+        if (
+            snap.config.server.workers,
+            snap.config.server.max_connections,
+        ) != self.fixed_at_start
+        {
+            tracing::warn!(
+                "server.workers or server.max_connections changed; they take effect at the next restart"
+            );
+        }
         match (self.shared.access_log.load_full(), &log.access_log) {
             (Some(l), crate::config::AccessLogTarget::Off) => {
                 let _ = l;
@@ -395,7 +405,7 @@ impl Gateway {
         let prev = self.shared.load();
         let result = self.build_next(&prev).await;
         let result = match result {
-            Ok(next) => self.swap(prev, next, started),
+            Ok(next) => self.swap(prev, next, started).await,
             Err(e) => Err(e),
         };
         let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
@@ -432,7 +442,7 @@ impl Gateway {
         .map_err(|e| ReloadError::Build(e.to_string()))?
     }
 
-    fn swap(
+    async fn swap(
         &self,
         prev: Arc<Snapshot>,
         mut next: Snapshot,
@@ -448,10 +458,12 @@ impl Gateway {
                     .iter()
                     .any(|l| l.kind == *kind && l.configured == *addr)
                 {
-                    let l = server::bind(*addr).map_err(|source| ReloadError::Bind {
-                        addr: *addr,
-                        source,
-                    })?;
+                    let l = server::Bound::new(*addr, self.options.workers.len()).map_err(
+                        |source| ReloadError::Bind {
+                            addr: *addr,
+                            source,
+                        },
+                    )?;
                     fresh.push((*kind, *addr, l));
                 }
             }
@@ -464,7 +476,7 @@ impl Gateway {
                 let new = fresh
                     .iter()
                     .find(|(k, a, _)| *k == ListenerKind::Https && a == want)
-                    .and_then(|(_, _, l)| l.local_addr().ok());
+                    .map(|(_, _, l)| l.addr);
                 kept.or(new).map(|a| a.port())
             });
         }
@@ -478,20 +490,29 @@ impl Gateway {
         self.shared.store(Arc::new(next));
         self.generation_tx.send_replace(generation);
         for (kind, addr, l) in fresh {
-            report.listeners_added.push(l.local_addr().unwrap_or(addr));
+            report.listeners_added.push(l.addr);
             self.spawn_listener(kind, addr, l);
         }
-        let mut current = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
-        current.retain(|l| {
-            let keep = wanted
-                .iter()
-                .any(|(k, a)| *k == l.kind && *a == l.configured);
-            if !keep {
-                let _ = l.stop.send(true);
-                report.listeners_removed.push(l.bound);
-            }
-            keep
-        });
+        let mut removed = Vec::new();
+        self.listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|l| {
+                let keep = wanted
+                    .iter()
+                    .any(|(k, a)| *k == l.kind && *a == l.configured);
+                if !keep {
+                    let _ = l.stop.send(true);
+                    report.listeners_removed.push(l.bound);
+                    removed.push(l.stop.clone());
+                }
+                keep
+            });
+        // The socket closes when every worker's accept loop has let go of it: wait for that, so
+        // that the address is free (and refuses connections) once the reload has returned.
+        for stop in removed {
+            let _ = tokio::time::timeout(Duration::from_secs(2), stop.closed()).await;
+        }
         report.unchanged = same_file
             && report
                 == ReloadReport {

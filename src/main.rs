@@ -84,29 +84,39 @@ fn main() -> ExitCode {
                 None => loaded.log.format,
             };
             init_tracing(format, loaded.log.level.as_deref());
-            // One worker means one thread: tokio's current-thread scheduler skips the work-stealing
-            // machinery (measured: bench/README.md). More workers: the multi-thread scheduler.
-            let threads = workers.or(loaded.server.workers);
-            let mut rt = if threads == Some(1) {
-                tokio::runtime::Builder::new_current_thread()
-            } else {
-                let mut b = tokio::runtime::Builder::new_multi_thread();
-                if let Some(n) = threads {
-                    b.worker_threads(n.max(1));
-                }
-                b
+            // nginx's model: each worker is a thread with its own single-threaded runtime that
+            // accepts from the shared listeners and serves its connections start to finish; no
+            // work stealing (measured: bench/README.md). One worker: the main thread is the
+            // worker. The main thread's runtime also runs reloads, signals and the admin endpoint.
+            let threads = match workers.or(loaded.server.workers) {
+                Some(n) if n > 0 => n,
+                _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
             };
-            rt.enable_all();
-            let rt = match rt.build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("gatehouse: cannot start the runtime: {e}");
                     return ExitCode::from(1);
                 }
             };
+            let workers = if threads > 1 {
+                match gatehouse::server::worker_runtimes(threads) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        eprintln!("gatehouse: cannot start {threads} worker threads: {e}");
+                        return ExitCode::from(1);
+                    }
+                }
+            } else {
+                Vec::new()
+            };
             let options = gatehouse::Options {
                 config_path: config.config.clone(),
                 env,
+                workers,
             };
             match rt.block_on(gatehouse::gateway::run(loaded, options)) {
                 Ok(()) => ExitCode::SUCCESS,

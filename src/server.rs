@@ -1,6 +1,7 @@
 //! Listeners and connections: accept, TLS handshake, HTTP/1.1 or HTTP/2, timeouts, drain.
 //!
-//! Each listener runs an accept loop that never dies on an error (EMFILE backs off and retries;
+//! Each listener runs one accept loop per worker runtime (all accepting from the same socket,
+//! as nginx's workers do), and each loop never dies on an error (EMFILE backs off and retries;
 //! a per-connection error is ignored), caps open connections with a semaphore, sets
 //! `TCP_NODELAY`, and spawns one task per connection. The task does the TLS handshake under a
 //! deadline, then serves HTTP/1.1 or HTTP/2 (chosen by ALPN, or by the h2c preface on plain
@@ -218,7 +219,7 @@ pub struct ServerCtx {
 /// Binds a listener with a generous backlog and `SO_REUSEADDR` (a restart must not wait out
 /// TIME_WAIT). IPv6 addresses are IPv6-only, as in nginx, so `0.0.0.0:80` and `[::]:80` can both
 /// be listed (a dual-stack `[::]:80` would take the IPv4 port too and make the pair conflict).
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
@@ -228,7 +229,75 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
+}
+
+/// A bound listening socket, with one descriptor per worker that will accept from it.
+///
+/// The copies are made when binding, so that a failure (out of descriptors) fails the start or
+/// the reload whole instead of leaving a listener that some workers do not serve.
+#[derive(Debug)]
+pub struct Bound {
+    pub addr: SocketAddr,
+    copies: Vec<std::net::TcpListener>,
+}
+
+impl Bound {
+    pub fn new(addr: SocketAddr, workers: usize) -> io::Result<Bound> {
+        let first = bind(addr)?;
+        let addr = first.local_addr().unwrap_or(addr);
+        let mut copies = Vec::with_capacity(workers.max(1));
+        for _ in 1..workers.max(1) {
+            copies.push(first.try_clone()?);
+        }
+        copies.push(first);
+        Ok(Bound { addr, copies })
+    }
+
+    /// Starts one accept loop per copy: on the given worker runtimes, or on the current
+    /// runtime when there are none.
+    pub fn serve(
+        self,
+        kind: ListenerKind,
+        ctx: &Arc<ServerCtx>,
+        stop: &watch::Receiver<bool>,
+        workers: &[tokio::runtime::Handle],
+    ) {
+        for (i, std) in self.copies.into_iter().enumerate() {
+            let (ctx, stop, addr) = (ctx.clone(), stop.clone(), self.addr);
+            // Registering with the reactor must happen on the runtime that will poll it.
+            let task = async move {
+                match TcpListener::from_std(std) {
+                    Ok(l) => accept_loop(l, kind, ctx, stop).await,
+                    Err(e) => tracing::error!(%addr, error = %e, "cannot register the listener"),
+                }
+            };
+            match workers.get(i) {
+                Some(h) => drop(h.spawn(task)),
+                None => drop(tokio::spawn(task)),
+            }
+        }
+    }
+}
+
+/// Starts `n` worker threads, each running its own single-threaded runtime, and returns their
+/// handles: nginx's model. Every worker accepts from the same listening sockets and serves its
+/// connections start to finish on its own thread, so a request never pays for work stealing or
+/// cross-thread wake-ups (measured against tokio's multi-thread scheduler: bench/README.md).
+/// The threads live as long as the process.
+pub fn worker_runtimes(n: usize) -> io::Result<Vec<tokio::runtime::Handle>> {
+    (0..n)
+        .map(|i| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let handle = rt.handle().clone();
+            std::thread::Builder::new()
+                .name(format!("gatehouse-worker-{i}"))
+                .spawn(move || rt.block_on(std::future::pending::<()>()))?;
+            Ok(handle)
+        })
+        .collect()
 }
 
 /// Accepts until `stop` fires (this listener removed by a reload) or the server shuts down.

@@ -233,6 +233,16 @@ pub async fn gateway_env(toml: &str, env: &[(&str, &str)]) -> Gw {
     gateway_in(dir, toml, env).await
 }
 
+/// Two worker runtimes shared by every gateway in the test binary, so that the tests serve
+/// connections the way `gatehouse run` does by default: on worker threads of their own, not on
+/// the test's runtime.
+pub fn workers() -> Vec<tokio::runtime::Handle> {
+    static WORKERS: std::sync::OnceLock<Vec<tokio::runtime::Handle>> = std::sync::OnceLock::new();
+    WORKERS
+        .get_or_init(|| gatehouse::server::worker_runtimes(2).expect("worker threads"))
+        .clone()
+}
+
 /// `TEST_LOG=debug cargo test ...` shows the gateway's logs.
 pub fn init_log() {
     if let Ok(level) = std::env::var("TEST_LOG") {
@@ -251,6 +261,7 @@ pub async fn gateway_in(dir: tempfile::TempDir, toml: &str, env: &[(&str, &str)]
     let gw = Gateway::start(gatehouse::Options {
         config_path: path.clone(),
         env: env_of(env),
+        workers: workers(),
     })
     .await
     .unwrap_or_else(|e| panic!("gateway did not start: {e}"));
