@@ -396,7 +396,7 @@ async fn serve_tcp(tcp: TcpStream, peer: SocketAddr, kind: ListenerKind, ctx: &S
             let service = svc(conn.clone());
             if h2 {
                 run(
-                    h2_builder(max_header).serve_connection(io, service),
+                    Box::pin(h2_builder(max_header).serve_connection(io, service)),
                     &conn,
                     ctx,
                     idle,
@@ -405,9 +405,11 @@ async fn serve_tcp(tcp: TcpStream, peer: SocketAddr, kind: ListenerKind, ctx: &S
                 .await;
             } else {
                 run(
-                    h1_builder(max_header)
-                        .serve_connection(io, service)
-                        .with_upgrades(),
+                    Box::pin(
+                        h1_builder(max_header)
+                            .serve_connection(io, service)
+                            .with_upgrades(),
+                    ),
                     &conn,
                     ctx,
                     idle,
@@ -417,8 +419,13 @@ async fn serve_tcp(tcp: TcpStream, peer: SocketAddr, kind: ListenerKind, ctx: &S
             }
         }
         ListenerKind::Https => {
-            let accepted = match crate::tls::accept(tcp, ctx.tls.clone(), &*ctx.shared, handshake)
-                .await
+            let accepted = match Box::pin(crate::tls::accept(
+                tcp,
+                ctx.tls.clone(),
+                &*ctx.shared,
+                handshake,
+            ))
+            .await
             {
                 Ok(a) => {
                     crate::metrics::tls_handshake(Ok(if a.h2 { "h2" } else { "http/1.1" }));
@@ -448,7 +455,7 @@ async fn serve_tcp(tcp: TcpStream, peer: SocketAddr, kind: ListenerKind, ctx: &S
             let service = svc(conn.clone());
             if h2 {
                 run(
-                    h2_builder(max_header).serve_connection(io, service),
+                    Box::pin(h2_builder(max_header).serve_connection(io, service)),
                     &conn,
                     ctx,
                     idle,
@@ -457,9 +464,11 @@ async fn serve_tcp(tcp: TcpStream, peer: SocketAddr, kind: ListenerKind, ctx: &S
                 .await;
             } else {
                 run(
-                    h1_builder(max_header)
-                        .serve_connection(io, service)
-                        .with_upgrades(),
+                    Box::pin(
+                        h1_builder(max_header)
+                            .serve_connection(io, service)
+                            .with_upgrades(),
+                    ),
                     &conn,
                     ctx,
                     idle,
@@ -551,13 +560,12 @@ where
 /// Drives one connection: serves it, applies the idle and header-read timeouts, and finishes it
 /// gracefully when the server shuts down.
 async fn run<C: Graceful>(
-    http: C,
+    mut http: Pin<Box<C>>,
     conn: &ConnInfo,
     ctx: &ServerCtx,
     idle: Duration,
     header_read: Duration,
 ) {
-    tokio::pin!(http);
     let mut shutdown = ctx.shutdown.clone();
     let mut closing = *shutdown.borrow();
     if closing {
