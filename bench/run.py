@@ -13,6 +13,7 @@ import platform
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -247,16 +248,38 @@ def start_nginx(d, workers, **kw):
     return Proc("nginx", ["nginx", "-p", d, "-c", str(cfg), "-e", f"{d}/error.log", "-g", "daemon off;"], NG_HTTP)
 
 
-def both(d, workers, fn, **kw):
-    """Runs `fn(proc, port)` on Gatehouse, then on nginx, each with `workers` workers."""
+REPEAT = 3
+
+
+def both(d, workers, fn, tls_port=False, **kw):
+    """Runs `fn(proc, port, name)` on Gatehouse, then on nginx, each with `workers` workers, a fresh
+    process each time; REPEAT rounds, and every figure is the median of its rounds (errors: the sum;
+    peak RSS: the largest), because one round on a shared machine is noise."""
+    rounds = {"gatehouse": [], "nginx": []}
+    for _ in range(REPEAT):
+        for name, start, port in [("gatehouse", start_gatehouse, GH_HTTPS if tls_port else GH_HTTP),
+                                  ("nginx", start_nginx, NG_HTTPS if tls_port else NG_HTTP)]:
+            p = start(d, workers, **kw)
+            try:
+                rounds[name].append(fn(p, port, name))
+            finally:
+                p.stop()
+            time.sleep(0.5)
+    return {name: combine(rs) for name, rs in rounds.items()}
+
+
+def combine(rs):
     out = {}
-    for name, start, port in [("gatehouse", start_gatehouse, GH_HTTP), ("nginx", start_nginx, NG_HTTP)]:
-        p = start(d, workers, **kw)
-        try:
-            out[name] = fn(p, port)
-        finally:
-            p.stop()
-        time.sleep(0.5)
+    for k, v in rs[0].items():
+        vals = [r[k] for r in rs]
+        if k == "errors":
+            out[k] = sum(vals)
+        elif k == "peak_rss_mb":
+            out[k] = max(vals)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = statistics.median(vals)
+        else:
+            out[k] = v
     return out
 
 
@@ -277,8 +300,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--secs", type=int, default=10, help="seconds per measurement")
     ap.add_argument("--only", default="", help="comma-separated scenario numbers to run (default: all)")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds per scenario; figures are medians")
     ap.add_argument("--no-build", action="store_true")
     args = ap.parse_args()
+    global REPEAT
+    REPEAT = max(1, args.repeat)
     only = set(args.only.split(",")) if args.only else None
     want = lambda n: only is None or str(n) in only
     ensure_tools()
@@ -307,62 +333,45 @@ def main():
     try:
         if want(1):
             for w in (1, 2):
-                row(f"1. h1 keep-alive, small, {w} worker{'s' if w > 1 else ''}", both(d, w, lambda p, port: measure(p, lambda: wrk(port, "/", 64, S)), tls=False))
+                row(f"1. h1 keep-alive, small, {w} worker{'s' if w > 1 else ''}", both(d, w, lambda p, port, _n: measure(p, lambda: wrk(port, "/", 64, S)), tls=False))
         if want(2):
-            row("2a. h1 keep-alive, 64 KiB response", both(d, 1, lambda p, port: measure(p, lambda: wrk(port, "/bytes/65536", 32, S))))
-            row("2b. h1 keep-alive, 1 MiB response", both(d, 1, lambda p, port: measure(p, lambda: wrk(port, "/bytes/1048576", 16, S))))
-            row("2c. h1 10 MiB upload", both(d, 1, lambda p, port: measure(p, lambda: wrk(port, "/upload", 8, S, extra_lua=UPLOAD_LUA))))
+            row("2a. h1 keep-alive, 64 KiB response", both(d, 1, lambda p, port, _n: measure(p, lambda: wrk(port, "/bytes/65536", 32, S))))
+            row("2b. h1 keep-alive, 1 MiB response", both(d, 1, lambda p, port, _n: measure(p, lambda: wrk(port, "/bytes/1048576", 16, S))))
+            row("2c. h1 10 MiB upload", both(d, 1, lambda p, port, _n: measure(p, lambda: wrk(port, "/upload", 8, S, extra_lua=UPLOAD_LUA))))
         if want(3):
-            row("3. new connection per request", both(d, 1, lambda p, port: measure(p, lambda: wrk(port, "/", 32, S, headers=["Connection: close"]))))
+            row("3. new connection per request", both(d, 1, lambda p, port, _n: measure(p, lambda: wrk(port, "/", 32, S, headers=["Connection: close"]))))
         if want(4):
-            res = {}
-            for name, start, port in [("gatehouse", start_gatehouse, GH_HTTPS), ("nginx", start_nginx, NG_HTTPS)]:
-                p = start(d, 1, tls=True)
-                try:
-                    res[name] = measure(p, lambda: h2load(port, n=50000 * S // 10))
-                finally:
-                    p.stop()
-            row("4a. TLS 1.3 + h2 (h2load), ECDSA P-256", res)
-            res = {}
-            for name, start, port in [("gatehouse", start_gatehouse, GH_HTTPS), ("nginx", start_nginx, NG_HTTPS)]:
-                p = start(d, 1, tls=True)
-                try:
-                    res[name] = measure(p, lambda: s_time(port, S))
-                finally:
-                    p.stop()
-            row("4b. TLS 1.3 full handshakes/s (openssl s_time -new)", res)
+            row("4a. TLS 1.3 + h2 (h2load), ECDSA P-256", both(d, 1, lambda p, port, _n: measure(p, lambda: h2load(port, n=50000 * S // 10)), tls_port=True, tls=True))
+            row("4b. TLS 1.3 full handshakes/s (openssl s_time -new)", both(d, 1, lambda p, port, _n: measure(p, lambda: s_time(port, S)), tls_port=True, tls=True))
         if want(5):
-            res = {}
-            for name, start, port in [("gatehouse", start_gatehouse, GH_HTTP), ("nginx", start_nginx, NG_HTTP)]:
-                p = start(d, 1)
-                try:
-                    before = p.mem("VmRSS")
-                    idle = subprocess.Popen([str(REL / "examples" / "bench_idle"), f"127.0.0.1:{port}", "10000", HOST], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-                    status = idle.stdout.readline().split()
-                    time.sleep(1)
-                    after = p.mem("VmRSS")
-                    idle.stdin.close()
-                    idle.wait()
-                    opened = int(status[1])
-                    res[name] = {"requests": opened, "rps": 0, "errors": int(status[3]), "p50": None, "p99": None, "p999": None,
-                                 "cpu_per_10k": 0, "peak_rss_mb": after / 1024, "kib_per_conn": (after - before) / max(opened, 1)}
-                finally:
-                    p.stop()
+            def idle(p, port, _name):
+                before = p.mem("VmRSS")
+                held = subprocess.Popen([str(REL / "examples" / "bench_idle"), f"127.0.0.1:{port}", "10000", HOST], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                status = held.stdout.readline().split()
+                time.sleep(1)
+                after = p.mem("VmRSS")
+                held.stdin.close()
+                held.wait()
+                opened = int(status[1])
+                return {"requests": opened, "rps": 0, "errors": int(status[3]), "p50": None, "p99": None, "p999": None,
+                        "cpu_per_10k": 0, "peak_rss_mb": after / 1024, "kib_per_conn": (after - before) / max(opened, 1)}
+
+            res = both(d, 1, idle)
             rows.append(("5. 10,000 idle keep-alive connections", res["gatehouse"], res["nginx"], "memory"))
             log(f"5: gatehouse {res['gatehouse']['kib_per_conn']:.1f} KiB/conn, nginx {res['nginx']['kib_per_conn']:.1f} KiB/conn")
         if want(6):
-            one = both(d, 1, lambda p, port: measure(p, lambda: wrk(port, "/api/x", 64, S)), sites=1)
-            many = both(d, 1, lambda p, port: measure(p, lambda: wrk(port, "/api/x", 64, S)), sites=10000)
+            one = both(d, 1, lambda p, port, _n: measure(p, lambda: wrk(port, "/api/x", 64, S)), sites=1)
+            many = both(d, 1, lambda p, port, _n: measure(p, lambda: wrk(port, "/api/x", 64, S)), sites=10000)
             row("6a. route table: 1 site", one)
             row("6b. route table: 10,000 sites", many, f"gatehouse 10k/1 = {many['gatehouse']['rps'] / one['gatehouse']['rps']:.3f}; nginx 10k/1 = {many['nginx']['rps'] / one['nginx']['rps']:.3f}")
         if want(7):
-            res = {}
-            for name, start, port in [("gatehouse", start_gatehouse, GH_HTTP), ("nginx", start_nginx, NG_HTTP)]:
-                p = start(d, 1)
+            import threading
+
+            def reloading(p, port, name):
                 stop = [False]
                 reloads = [0]
 
-                def reloader(p=p, name=name):
+                def reloader():
                     cfg = Path(d) / ("gatehouse.toml" if name == "gatehouse" else "nginx.conf")
                     text = cfg.read_text()
                     while not stop[0]:
@@ -374,18 +383,18 @@ def main():
                         else:
                             subprocess.run(["nginx", "-p", d, "-c", str(cfg), "-s", "reload"], stderr=subprocess.DEVNULL)
 
-                import threading
                 t = threading.Thread(target=reloader)
                 t.start()
                 try:
-                    res[name] = measure(p, lambda: wrk(port, "/", 64, S))
+                    r = measure(p, lambda: wrk(port, "/", 64, S))
                 finally:
                     stop[0] = True
                     t.join()
-                    p.stop()
-                res[name]["reloads"] = reloads[0]
-                time.sleep(0.5)
-            row("7. reload every 100 ms during load", res, f"reloads: gatehouse {res['gatehouse']['reloads']}, nginx {res['nginx']['reloads']}")
+                r["reloads"] = reloads[0]
+                return r
+
+            res = both(d, 1, reloading)
+            row("7. reload every 100 ms during load", res, f"reloads per round (median): gatehouse {res['gatehouse']['reloads']:.0f}, nginx {res['nginx']['reloads']:.0f}; errors summed over rounds")
     finally:
         upstream.terminate()
     report = render(rows, args)
@@ -422,7 +431,8 @@ def render(rows, args):
         f"# Gatehouse vs nginx, {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
         "",
         f"Machine: {os.cpu_count()} cores, {cpu_model()}; {platform.system()} {platform.release()}. {ver}. "
-        f"Load from wrk/h2load/openssl on the same machine; {args.secs}s per measurement; upstream: bench_upstream (1 thread).",
+        f"Load from wrk/h2load/openssl on the same machine; {args.secs}s per measurement; rounds per scenario: {args.repeat} "
+        f"(figures are medians of the rounds; errors summed; peak RSS the largest); upstream: bench_upstream (1 thread).",
         "",
         "| scenario | metric | gatehouse | nginx | gatehouse / nginx |",
         "|---|---|---:|---:|---:|",
