@@ -652,7 +652,12 @@ pub async fn run(config: Config, options: Options) -> Result<(), StartError> {
     crate::reload::spawn_watcher(gw.clone()).await;
     crate::systemd::spawn_watchdog();
     crate::systemd::ready(&format!("serving generation {}", gw.generation()));
-    tracing::info!(generation = gw.generation(), config = %gw.config_path().display(), "gatehouse started");
+    tracing::info!(
+        generation = gw.generation(),
+        config = %gw.config_path().display(),
+        workers = gw.options.workers.len().max(1),
+        "gatehouse started"
+    );
     let name = loop {
         tokio::select! {
             _ = term.recv() => break "SIGTERM",
