@@ -366,11 +366,10 @@ async fn serve_tcp(tcp: TcpStream, peer: SocketAddr, kind: ListenerKind, ctx: &S
     );
     let max_header = server.limits.max_request_header_bytes;
     drop(snap);
-    let svc = {
-        let shared = ctx.shared.clone();
-        move |conn: Arc<ConnInfo>| {
-            service_fn(move |req| crate::proxy::serve(req, conn.clone(), shared.clone()))
-        }
+    let limits = Limits {
+        idle,
+        header_read,
+        max_header,
     };
     match kind {
         ListenerKind::Http => {
@@ -378,45 +377,11 @@ async fn serve_tcp(tcp: TcpStream, peer: SocketAddr, kind: ListenerKind, ctx: &S
             let Some(proto) = sniff(&tcp, header_read).await else {
                 return;
             };
-            let h2 = proto == Proto::H2;
-            let activity = Arc::new(Activity::new(h2));
-            let conn = Arc::new(ConnInfo {
-                peer,
-                local,
-                tls: false,
+            let tls = Tls {
+                on: false,
                 sni: None,
-                peer_value: crate::headers::ip_value(peer.ip()),
-                activity: activity.clone(),
-                gauge: Default::default(),
-            });
-            let io = TokioIo::new(TrackedIo {
-                inner: tcp,
-                activity,
-            });
-            let service = svc(conn.clone());
-            if h2 {
-                run(
-                    Box::pin(h2_builder(max_header).serve_connection(io, service)),
-                    &conn,
-                    ctx,
-                    idle,
-                    header_read,
-                )
-                .await;
-            } else {
-                run(
-                    Box::pin(
-                        h1_builder(max_header)
-                            .serve_connection(io, service)
-                            .with_upgrades(),
-                    ),
-                    &conn,
-                    ctx,
-                    idle,
-                    header_read,
-                )
-                .await;
-            }
+            };
+            serve_http(tcp, proto == Proto::H2, tls, peer, local, ctx, limits).await;
         }
         ListenerKind::Https => {
             let accepted = match Box::pin(crate::tls::accept(
@@ -437,46 +402,72 @@ async fn serve_tcp(tcp: TcpStream, peer: SocketAddr, kind: ListenerKind, ctx: &S
                     return;
                 }
             };
-            let h2 = accepted.h2;
-            let activity = Arc::new(Activity::new(h2));
-            let conn = Arc::new(ConnInfo {
-                peer,
-                local,
-                tls: true,
+            let tls = Tls {
+                on: true,
                 sni: accepted.sni.map(String::into_boxed_str),
-                peer_value: crate::headers::ip_value(peer.ip()),
-                activity: activity.clone(),
-                gauge: Default::default(),
-            });
-            let io = TokioIo::new(TrackedIo {
-                inner: accepted.stream,
-                activity,
-            });
-            let service = svc(conn.clone());
-            if h2 {
-                run(
-                    Box::pin(h2_builder(max_header).serve_connection(io, service)),
-                    &conn,
-                    ctx,
-                    idle,
-                    header_read,
-                )
-                .await;
-            } else {
-                run(
-                    Box::pin(
-                        h1_builder(max_header)
-                            .serve_connection(io, service)
-                            .with_upgrades(),
-                    ),
-                    &conn,
-                    ctx,
-                    idle,
-                    header_read,
-                )
-                .await;
-            }
+            };
+            serve_http(accepted.stream, accepted.h2, tls, peer, local, ctx, limits).await;
         }
+    }
+}
+
+/// A connection's settings, read once from the snapshot when it is accepted.
+#[derive(Clone, Copy)]
+struct Limits {
+    idle: Duration,
+    header_read: Duration,
+    max_header: u64,
+}
+
+/// Whether the connection is TLS, and the server name it asked for.
+struct Tls {
+    on: bool,
+    sni: Option<Box<str>>,
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on an established stream (plain TCP or TLS alike).
+async fn serve_http<T>(
+    stream: T,
+    h2: bool,
+    tls: Tls,
+    peer: SocketAddr,
+    local: SocketAddr,
+    ctx: &ServerCtx,
+    limits: Limits,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::new(h2));
+    let conn = Arc::new(ConnInfo {
+        peer,
+        local,
+        tls: tls.on,
+        sni: tls.sni,
+        peer_value: crate::headers::ip_value(peer.ip()),
+        activity: activity.clone(),
+        gauge: Default::default(),
+    });
+    let io = TokioIo::new(TrackedIo {
+        inner: stream,
+        activity,
+    });
+    let service = {
+        let (conn, shared) = (conn.clone(), ctx.shared.clone());
+        service_fn(move |req| crate::proxy::serve(req, conn.clone(), shared.clone()))
+    };
+    let Limits {
+        idle,
+        header_read,
+        max_header,
+    } = limits;
+    if h2 {
+        let http = h2_builder(max_header).serve_connection(io, service);
+        run(Box::pin(http), &conn, ctx, idle, header_read).await;
+    } else {
+        let http = h1_builder(max_header)
+            .serve_connection(io, service)
+            .with_upgrades();
+        run(Box::pin(http), &conn, ctx, idle, header_read).await;
     }
 }
 
