@@ -13,7 +13,8 @@
 //! - [`proxy`]: the service: host → site → path → route → target → response fixups;
 //! - [`router`] and [`path`]: pure lookup and path normalization;
 //! - [`headers`]: pure header rules (hop-by-hop, forwarding, trust);
-//! - [`upstream`]: pooled clients and backend choice; [`clerk`], [`static_files`]: the other
+//! - [`upstream`]: clients and backend choice; [`pool`] and [`h1`]: our HTTP/1.1 upstream
+//!   connections and their framing; [`clerk`], [`static_files`]: the other
 //!   targets; [`body`]: body types; [`error`]: errors and their status codes.
 //!
 //! Around it: [`config`] (the file → a typed `Config`), [`state`] (a `Config` → the immutable
@@ -32,6 +33,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod gateway;
+pub mod h1;
 pub mod headers;
 pub mod metrics;
 pub mod nginx;

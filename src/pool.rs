@@ -3,36 +3,38 @@
 //! hyper-util's pooled client runs every upstream connection in a task of its own and hands
 //! requests and responses to it over channels, and spawns another task per request to put the
 //! connection back. At proxy request rates those hand-offs cost more CPU than the HTTP work
-//! (measured with perf; see bench/README.md). Here the request's task polls the upstream
-//! connection itself, alongside the response, and then the response body does, until the last
-//! byte; the connection then goes back to the pool, idle and unpolled. A pooled connection is
-//! polled once when it is taken out, so one the backend closed meanwhile is noticed and dropped,
-//! and a request that could not even be written to a reused connection is retried on a fresh one
-//! (nothing was sent, so this is safe for any method).
+//! (measured with perf; see bench/README.md). Here the request's task writes the request and
+//! reads the response head itself, with the framing rules of `h1.rs`, and then the response body
+//! reads the rest, until the last byte; the connection then goes back to the pool, idle and
+//! unpolled. A pooled connection is polled once when it is taken out, so one the backend closed
+//! meanwhile is noticed and dropped. A request that failed on a reused connection before the
+//! backend sent a byte is retried once on a fresh one when that is safe: nothing of its body was
+//! read yet, and either the head could not be written or the method is idempotent
+//! (RFC 9110 §9.2.2, RFC 9112 §9.3.1), as nginx's `proxy_next_upstream error` does.
 //!
 //! HTTP/2 backends and WebSocket upgrades keep using hyper-util's client (`upstream.rs`): h2
 //! multiplexes many requests on one connection, which needs a task of its own.
 //!
 //! This module must not look at requests: it sends what it is given.
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response};
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Method, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_util::io::poll_read_buf;
 
 use crate::body::UpstreamBody;
+use crate::h1::{self, BodyLen, Chunk, ChunkedDecoder, H1Error, ReqFraming};
 
 /// Idle connections kept per backend (nginx's `keepalive 64` is per worker; this is per pool).
 const MAX_IDLE: usize = 256;
@@ -97,14 +99,10 @@ impl AsyncWrite for Stream {
     }
 }
 
-type Conn = http1::Connection<TokioIo<Stream>, UpstreamBody>;
-
-/// One upstream connection: the request handle and the connection state machine.
+/// One upstream connection and the bytes read from it that nobody has taken yet.
 pub struct Pooled {
-    sender: http1::SendRequest<UpstreamBody>,
-    conn: Conn,
-    /// False once the connection future has finished (closed, or failed).
-    open: bool,
+    io: Stream,
+    buf: BytesMut,
     idle_since: Instant,
     reused: bool,
     gauge: metrics::Gauge,
@@ -116,18 +114,17 @@ impl Drop for Pooled {
     }
 }
 
+/// Room made in the read buffer before each read. Response bodies are handed on as slices of
+/// this buffer (no copy); the space is reused once the client side has written them out.
+const READ_CHUNK: usize = 16 * 1024;
+
 impl Pooled {
-    /// Drives the connection; returns false once it has ended.
-    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.open {
-            if let Poll::Ready(r) = Pin::new(&mut self.conn).poll(cx) {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "upstream connection ended with an error");
-                }
-                self.open = false;
-            }
+    /// Reads what the backend has sent into `buf`; `Ok(0)` is the backend closing.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
         }
-        self.open
+        poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 }
 
@@ -165,7 +162,12 @@ pub enum SendError {
     #[error("TLS: {0}")]
     Tls(#[source] io::Error),
     #[error("{0}")]
-    Http(#[source] hyper::Error),
+    Io(#[source] io::Error),
+    #[error("{0}")]
+    Protocol(#[source] H1Error),
+    /// The request body failed (the client went away, or it was over `max_body`).
+    #[error("request body: {0}")]
+    Body(#[source] crate::body::BoxError),
 }
 
 impl SendError {
@@ -178,7 +180,8 @@ impl SendError {
             SendError::ConnectTimeout => ConnectTimeout,
             SendError::Dns(..) => Dns,
             SendError::Tls(_) => Tls,
-            SendError::Http(_) => Reset,
+            SendError::Io(_) => Reset,
+            SendError::Protocol(_) | SendError::Body(_) => Other,
         }
     }
 }
@@ -214,9 +217,6 @@ impl Pool {
     }
 
     fn put_back(&self, mut c: Box<Pooled>) {
-        if !c.open || !c.sender.is_ready() {
-            return;
-        }
         c.idle_since = Instant::now();
         c.reused = true;
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -256,15 +256,10 @@ impl Pool {
                 Stream::Tls(Box::new(tls))
             }
         };
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(SendError::Http)?;
         self.open_gauge.increment(1.0);
         Ok(Box::new(Pooled {
-            sender,
-            conn,
-            open: true,
+            io: stream,
+            buf: BytesMut::new(),
             idle_since: Instant::now(),
             reused: false,
             gauge: self.open_gauge.clone(),
@@ -274,9 +269,9 @@ impl Pool {
     /// A live connection: an idle one that is still open, or a new one.
     async fn checkout(&self) -> Result<Box<Pooled>, SendError> {
         while let Some(mut c) = self.take_idle() {
-            // Poll once: a connection the backend closed while idle finishes here.
-            let alive = poll_fn(|cx| Poll::Ready(c.drive(cx))).await;
-            if alive && c.sender.is_ready() {
+            // Read once: a connection the backend closed (or wrote to) while idle is dropped.
+            let alive = poll_fn(|cx| Poll::Ready(c.poll_fill(cx).is_pending())).await;
+            if alive {
                 return Ok(c);
             }
         }
@@ -286,104 +281,320 @@ impl Pool {
     /// Sends `req`; returns the response with the connection riding in its body.
     pub async fn send(
         self: &Arc<Self>,
-        mut req: Request<UpstreamBody>,
+        req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
+        let (parts, mut body) = req.into_parts();
+        let framing = h1::request_framing(body.is_end_stream(), body.size_hint().exact());
+        let mut head = Vec::with_capacity(512);
+        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        h1::encode_request_head(&mut head, &parts.method, pq, &parts.headers, framing);
+        let head = Bytes::from(head);
         loop {
             let mut c = self.checkout().await?;
-            let fut = c.sender.try_send_request(req);
-            let mut fut = std::pin::pin!(fut);
-            let result = poll_fn(|cx| {
-                let open = c.drive(cx);
-                match fut.as_mut().poll(cx) {
-                    Poll::Ready(r) => Poll::Ready(r),
-                    Poll::Pending if !open => {
-                        // The connection ended; the response future resolves with its error on
-                        // the next poll.
-                        fut.as_mut().poll(cx)
-                    }
-                    Poll::Pending => Poll::Pending,
+            let mut ex = Exchange::new(head.clone(), &mut body, framing);
+            let result = poll_fn(|cx| ex.poll(&mut c, cx)).await;
+            let replayable = ex.replayable(&parts.method);
+            let body_sent = ex.body_done && ex.out.is_empty();
+            drop(ex);
+            let resp = match result {
+                Ok(r) => r,
+                Err(e) if c.reused && replayable => {
+                    tracing::debug!(backend = %self.target.label, error = %e, "pooled connection failed before the response; retrying on a new one");
+                    continue;
                 }
-            })
-            .await;
-            match result {
-                Ok(resp) => {
-                    let pool = self.clone();
-                    return Ok(resp.map(|body| PooledBody {
-                        body,
-                        conn: Some(c),
-                        pool,
-                    }));
-                }
-                Err(mut e) => match e.take_message() {
-                    // Not written at all: a reused connection the backend had just closed.
-                    Some(r) if c.reused => {
-                        tracing::debug!(backend = %self.target.label, "pooled connection was closed; retrying on a new one");
-                        req = r;
-                    }
-                    _ => return Err(SendError::Http(e.into_error())),
+                Err(e) => return Err(e),
+            };
+            let len = h1::response_body_len(&parts.method, &resp).map_err(SendError::Protocol)?;
+            // An unfinished request body leaves the connection mid-message: close it after.
+            let keep = h1::keep_alive(&resp) && body_sent && len != BodyLen::UntilClose;
+            let mut out = Response::new(());
+            *out.status_mut() = resp.status;
+            *out.version_mut() = resp.version;
+            *out.headers_mut() = resp.headers;
+            let mut pb = PooledBody {
+                conn: Some(c),
+                state: match len {
+                    BodyLen::Empty => BodyState::Done,
+                    BodyLen::Length(n) => BodyState::Length(n),
+                    BodyLen::Chunked => BodyState::Chunked(ChunkedDecoder::default()),
+                    BodyLen::UntilClose => BodyState::UntilClose,
                 },
+                keep,
+                pool: self.clone(),
+            };
+            if len == BodyLen::Empty {
+                pb.release();
             }
+            return Ok(out.map(|()| pb));
         }
     }
 }
 
-/// A response body that keeps its connection moving and returns it to the pool at the end.
+/// One request on one connection: the bytes still to write, the request body still to read,
+/// and the response head being read, all polled together, so a backend that answers before it
+/// has read the whole body (a 413, a redirect) is heard.
+struct Exchange<'a> {
+    out: VecDeque<Bytes>,
+    body: &'a mut UpstreamBody,
+    chunked: bool,
+    body_done: bool,
+    body_started: bool,
+    head_written: bool,
+    /// A write failed: stop writing, but keep reading, since the response may already be there.
+    write_error: Option<io::Error>,
+    got_bytes: bool,
+}
+
+impl<'a> Exchange<'a> {
+    fn new(head: Bytes, body: &'a mut UpstreamBody, framing: ReqFraming) -> Self {
+        Exchange {
+            out: VecDeque::from([head]),
+            body,
+            chunked: framing == ReqFraming::Chunked,
+            body_done: framing == ReqFraming::None,
+            body_started: false,
+            head_written: false,
+            write_error: None,
+            got_bytes: false,
+        }
+    }
+
+    /// Whether a failure can be retried on another connection (see the module doc).
+    fn replayable(&self, method: &Method) -> bool {
+        !self.body_started && !self.got_bytes && (!self.head_written || method.is_idempotent())
+    }
+
+    fn poll(&mut self, c: &mut Pooled, cx: &mut Context<'_>) -> Poll<Result<h1::Head, SendError>> {
+        loop {
+            let mut progress = false;
+            if self.write_error.is_none() {
+                if let Err(e) = self.fill_from_body(cx) {
+                    return Poll::Ready(Err(e));
+                }
+                progress |= self.poll_write(c, cx);
+            }
+            match c.poll_fill(cx) {
+                Poll::Ready(Ok(0)) => {
+                    let e = self.write_error.take().unwrap_or_else(|| {
+                        io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "backend closed the connection before responding",
+                        )
+                    });
+                    return Poll::Ready(Err(SendError::Io(e)));
+                }
+                Poll::Ready(Ok(_)) => {
+                    self.got_bytes = true;
+                    progress = true;
+                    // Interim 1xx responses (100 Continue, 103 Early Hints) are skipped; the
+                    // final response may follow in the same read.
+                    loop {
+                        match h1::parse_response_head(&mut c.buf) {
+                            Ok(Some(head))
+                                if head.status == http::StatusCode::SWITCHING_PROTOCOLS =>
+                            {
+                                return Poll::Ready(Err(SendError::Protocol(
+                                    H1Error::UnexpectedUpgrade,
+                                )));
+                            }
+                            Ok(Some(head)) if head.status.is_informational() => continue,
+                            Ok(Some(head)) => return Poll::Ready(Ok(head)),
+                            Ok(None) => break,
+                            Err(e) => return Poll::Ready(Err(SendError::Protocol(e))),
+                        }
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(SendError::Io(e))),
+                Poll::Pending => {}
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Queues what the request body has ready, framed.
+    fn fill_from_body(&mut self, cx: &mut Context<'_>) -> Result<(), SendError> {
+        while !self.body_done && self.out.len() < 8 {
+            match Pin::new(&mut *self.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    self.body_started = true;
+                    match frame.into_data() {
+                        Ok(d) if d.is_empty() => {}
+                        Ok(d) if self.chunked => {
+                            self.out.push_back(h1::chunk_header(d.len()));
+                            self.out.push_back(d);
+                            self.out.push_back(Bytes::from_static(b"\r\n"));
+                        }
+                        Ok(d) => self.out.push_back(d),
+                        Err(frame) => {
+                            // Trailers end the body; only chunked framing can carry them.
+                            self.body_done = true;
+                            if self.chunked {
+                                self.out.push_back(h1::last_chunk(frame.trailers_ref()));
+                            }
+                        }
+                    }
+                }
+                Poll::Ready(None) => {
+                    self.body_done = true;
+                    if self.chunked {
+                        self.out.push_back(h1::last_chunk(None));
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => return Err(SendError::Body(e)),
+                Poll::Pending => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what is queued; true if anything was written.
+    fn poll_write(&mut self, c: &mut Pooled, cx: &mut Context<'_>) -> bool {
+        let mut progress = false;
+        while !self.out.is_empty() {
+            let mut slices = [IoSlice::new(&[]); 8];
+            let n = self.out.len().min(slices.len());
+            for (s, b) in slices.iter_mut().zip(self.out.iter()) {
+                *s = IoSlice::new(b);
+            }
+            match Pin::new(&mut c.io).poll_write_vectored(cx, &slices[..n]) {
+                Poll::Ready(Ok(0)) => {
+                    self.write_error = Some(io::ErrorKind::WriteZero.into());
+                    break;
+                }
+                Poll::Ready(Ok(mut written)) => {
+                    progress = true;
+                    while written > 0 {
+                        let Some(front) = self.out.front_mut() else {
+                            break;
+                        };
+                        let k = written.min(front.len());
+                        front.advance(k);
+                        written -= k;
+                        if front.is_empty() {
+                            self.out.pop_front();
+                            self.head_written = true;
+                        }
+                    }
+                }
+                Poll::Ready(Err(e)) => {
+                    self.write_error = Some(e);
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        progress
+    }
+}
+
+/// How much of the response body is left.
+enum BodyState {
+    Done,
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    UntilClose,
+}
+
+/// A response body that reads its connection and returns it to the pool at the end.
 pub struct PooledBody {
-    body: Incoming,
-    /// Boxed: the connection state is large, and the body moves a few times.
+    /// Boxed: it moves with the body, a few times.
     conn: Option<Box<Pooled>>,
+    state: BodyState,
+    /// The response allows another request on the connection, and the request was all sent.
+    keep: bool,
     pool: Arc<Pool>,
 }
 
 impl PooledBody {
-    fn release(&mut self, cx: &mut Context<'_>) {
-        if let Some(mut c) = self.conn.take() {
-            // One more turn lets the connection notice the message is done and become idle.
-            c.drive(cx);
-            self.pool.put_back(c);
+    /// The body is complete: the connection goes back if it is clean (no bytes past the body).
+    fn release(&mut self) {
+        self.state = BodyState::Done;
+        if let Some(c) = self.conn.take() {
+            if self.keep && c.buf.is_empty() {
+                self.pool.put_back(c);
+            }
         }
     }
+
+    fn fail(&mut self, e: io::Error) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.conn = None;
+        self.state = BodyState::Done;
+        Poll::Ready(Some(Err(e)))
+    }
+}
+
+fn invalid(e: H1Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
 impl HttpBody for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = io::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
-        if let Some(c) = this.conn.as_mut() {
-            c.drive(cx);
+        loop {
+            let Some(c) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match &mut this.state {
+                BodyState::Done => return Poll::Ready(None),
+                BodyState::Length(left) if !c.buf.is_empty() => {
+                    let n = (c.buf.len() as u64).min(*left) as usize;
+                    let data = c.buf.split_to(n).freeze();
+                    *left -= n as u64;
+                    if *left == 0 {
+                        this.release();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                BodyState::Chunked(d) => match d.decode(&mut c.buf) {
+                    Ok(Chunk::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Chunk::End(trailers)) => {
+                        this.release();
+                        return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
+                    }
+                    Ok(Chunk::More) => {}
+                    Err(e) => return this.fail(invalid(e)),
+                },
+                BodyState::UntilClose if !c.buf.is_empty() => {
+                    let data = c.buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                _ => {}
+            }
+            match ready!(c.poll_fill(cx)) {
+                Ok(0) if matches!(this.state, BodyState::UntilClose) => {
+                    this.conn = None;
+                    this.state = BodyState::Done;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    return this.fail(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "backend closed the connection before the end of the body",
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => return this.fail(e),
+            }
         }
-        let r = Pin::new(&mut this.body).poll_frame(cx);
-        match &r {
-            Poll::Ready(None) => this.release(cx),
-            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.release(cx),
-            Poll::Ready(Some(Err(_))) => this.conn = None,
-            _ => {}
-        }
-        r
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        matches!(self.state, BodyState::Done)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-/// A response without a body (HEAD, 204, 304) is never polled: give its connection back when
-/// the body is dropped. A body dropped part-way drops its connection (the rest is unread).
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        if self.conn.is_some() && self.body.is_end_stream() {
-            let waker = futures_util::task::noop_waker();
-            let mut cx = Context::from_waker(&waker);
-            self.release(&mut cx);
+        match self.state {
+            BodyState::Done => SizeHint::with_exact(0),
+            BodyState::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
         }
     }
 }

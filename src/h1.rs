@@ -1,0 +1,684 @@
+//! HTTP/1.1 framing for the upstream side (RFC 9112): the request head we write to a backend,
+//! the response head we read back, how long the response body is, and the chunked decoder.
+//!
+//! Why our own: hyper's client connection cost about 14.5k instructions per proxied request
+//! (a third of the total; see bench/README.md), most of it in its dispatcher, which is built for
+//! a connection that lives in a task of its own. The pool (`pool.rs`) drives its connections from
+//! the request's task, so all it needs is this: a head encoder, `httparse` for the response head
+//! (the parser hyper itself uses), and the body-length rules.
+//!
+//! Pure functions over bytes: this module does no I/O and must not look at routes or policy.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+
+/// The largest response head we accept (nginx's `proxy_buffer_size` is 4 or 8 KiB; we are
+/// more lenient, since cookies and CSP headers grow).
+pub const MAX_HEAD: usize = 64 * 1024;
+/// The most header fields in a response head, as hyper's default.
+const MAX_HEADERS: usize = 128;
+/// The longest chunk-size line, extensions included.
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// A backend's response that we cannot read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum H1Error {
+    #[error("invalid response head: {0}")]
+    Head(&'static str),
+    #[error("response head larger than {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    #[error("invalid Content-Length")]
+    ContentLength,
+    #[error("invalid chunked body: {0}")]
+    Chunked(&'static str),
+    #[error("an upgrade (101) to a request that did not ask for one")]
+    UnexpectedUpgrade,
+}
+
+/// How the request body is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReqFraming {
+    /// No body: the head says whatever the client's head said (`Content-Length: 0` or nothing).
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Chooses the request framing: the client's body is re-framed, never trusted as declared,
+/// since `Transfer-Encoding` is hop-by-hop and the proxy strips it (RFC 9112 §6.1).
+pub fn request_framing(end_stream: bool, exact_len: Option<u64>) -> ReqFraming {
+    match (end_stream, exact_len) {
+        (true, _) => ReqFraming::None,
+        (false, Some(n)) => ReqFraming::Length(n),
+        (false, None) => ReqFraming::Chunked,
+    }
+}
+
+/// Writes the request line and header section (origin-form, RFC 9112 §3.2.1).
+pub fn encode_request_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    framing: ReqFraming,
+) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(if path_and_query.is_empty() {
+        b"/"
+    } else {
+        path_and_query.as_bytes()
+    });
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let reframed = framing != ReqFraming::None;
+    for (name, value) in headers {
+        if name == header::TRANSFER_ENCODING || (reframed && name == header::CONTENT_LENGTH) {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        ReqFraming::None => {}
+        ReqFraming::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(n.to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        ReqFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The size line that starts a chunk of `len` bytes (RFC 9112 §7.1).
+pub fn chunk_header(len: usize) -> Bytes {
+    Bytes::from(format!("{len:x}\r\n"))
+}
+
+/// Ends a chunked body, with trailer fields if there are any (RFC 9112 §7.1.2).
+pub fn last_chunk(trailers: Option<&HeaderMap>) -> Bytes {
+    let mut out = b"0\r\n".to_vec();
+    for (name, value) in trailers.into_iter().flatten() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Bytes::from(out)
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct Head {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+}
+
+/// Parses a response head from the front of `buf`, taking its bytes out of it.
+/// `Ok(None)`: not all of it has arrived yet.
+pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<Head>, H1Error> {
+    // Uninitialized slots: zeroing 128 of them cost more than the parse (callgrind).
+    let mut slots =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
+    {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+            return Err(H1Error::HeadTooLarge);
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(H1Error::Head("too many header fields"));
+        }
+        Err(_) => return Err(H1Error::Head("malformed")),
+    };
+    if len > MAX_HEAD {
+        return Err(H1Error::HeadTooLarge);
+    }
+    let status = resp
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(H1Error::Head("bad status code"))?;
+    let version = match resp.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    // Offsets first: the field slices borrow `buf`, which is about to be split so that the
+    // values can share its bytes instead of being copied.
+    let base = buf.as_ptr() as usize;
+    let spans: Vec<[usize; 4]> = resp
+        .headers
+        .iter()
+        .map(|h| {
+            let name = h.name.as_ptr() as usize - base;
+            let value = h.value.as_ptr() as usize - base;
+            [name, name + h.name.len(), value, value + h.value.len()]
+        })
+        .collect();
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for [ns, ne, vs, ve] in spans {
+        let name =
+            HeaderName::from_bytes(&head[ns..ne]).map_err(|_| H1Error::Head("bad field name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+            .map_err(|_| H1Error::Head("bad field value"))?;
+        headers.append(name, value);
+    }
+    Ok(Some(Head {
+        status,
+        version,
+        headers,
+    }))
+}
+
+/// How a response body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyLen {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the backend closes: the connection cannot be reused.
+    UntilClose,
+}
+
+/// The response body's length, from the request method and the response head.
+pub fn response_body_len(method: &Method, head: &Head) -> Result<BodyLen, H1Error> {
+    let s = head.status.as_u16();
+    // §6.3 rule 1: HEAD responses, 1xx, 204 and 304 have no body whatever their headers say.
+    if method == Method::HEAD || (100..200).contains(&s) || s == 204 || s == 304 {
+        return Ok(BodyLen::Empty);
+    }
+    // Rule 4: Transfer-Encoding wins over Content-Length; chunked must be the last coding.
+    if let Some(last) = head
+        .headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+    {
+        let last = last.to_str().unwrap_or("");
+        let chunked = last
+            .rsplit(',')
+            .next()
+            .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
+        return Ok(if chunked {
+            BodyLen::Chunked
+        } else {
+            BodyLen::UntilClose
+        });
+    }
+    // Rule 5: every Content-Length value (and list element) must agree.
+    let mut len = None;
+    for v in head.headers.get_all(header::CONTENT_LENGTH) {
+        for part in v.to_str().map_err(|_| H1Error::ContentLength)?.split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(H1Error::ContentLength);
+            }
+            let n: u64 = part.parse().map_err(|_| H1Error::ContentLength)?;
+            if len.is_some_and(|l| l != n) {
+                return Err(H1Error::ContentLength);
+            }
+            len = Some(n);
+        }
+    }
+    Ok(match len {
+        Some(0) => BodyLen::Empty,
+        Some(n) => BodyLen::Length(n),
+        None => BodyLen::UntilClose,
+    })
+}
+
+/// Whether the connection may carry another request after this response (RFC 9112 §9.3).
+pub fn keep_alive(head: &Head) -> bool {
+    let mut close = head.version == Version::HTTP_10;
+    for v in head.headers.get_all(header::CONNECTION) {
+        for token in v.to_str().unwrap_or("").split(',') {
+            let token = token.trim();
+            if token.eq_ignore_ascii_case("close") {
+                return false;
+            }
+            if token.eq_ignore_ascii_case("keep-alive") {
+                close = false;
+            }
+        }
+    }
+    !close
+}
+
+/// Where the chunked decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk's data, this many bytes left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: the trailer section.
+    Trailers,
+    Done,
+}
+
+/// What the decoder produced from the buffer.
+#[derive(Debug, PartialEq)]
+pub enum Chunk {
+    Data(Bytes),
+    /// The end of the body, with its trailer fields if there were any.
+    End(Option<HeaderMap>),
+    /// More bytes are needed.
+    More,
+}
+
+/// Decodes a chunked body (RFC 9112 §7.1) from a buffer the caller keeps filling.
+#[derive(Debug)]
+pub struct ChunkedDecoder {
+    state: ChunkState,
+}
+
+impl Default for ChunkedDecoder {
+    fn default() -> Self {
+        ChunkedDecoder {
+            state: ChunkState::Size,
+        }
+    }
+}
+
+impl ChunkedDecoder {
+    pub fn is_done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    /// Takes what it can from `buf`.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Chunk, H1Error> {
+        loop {
+            match self.state {
+                ChunkState::Size => {
+                    let Some(eol) = find_crlf(buf) else {
+                        if buf.len() > MAX_CHUNK_LINE {
+                            return Err(H1Error::Chunked("chunk-size line too long"));
+                        }
+                        return Ok(Chunk::More);
+                    };
+                    let size = parse_chunk_size(&buf[..eol])?;
+                    buf.advance(eol + 2);
+                    self.state = if size == 0 {
+                        ChunkState::Trailers
+                    } else {
+                        ChunkState::Data(size)
+                    };
+                }
+                ChunkState::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Chunk::More);
+                    }
+                    let n = (buf.len() as u64).min(left) as usize;
+                    let data = buf.split_to(n).freeze();
+                    self.state = if left == n as u64 {
+                        ChunkState::DataEnd
+                    } else {
+                        ChunkState::Data(left - n as u64)
+                    };
+                    return Ok(Chunk::Data(data));
+                }
+                ChunkState::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Chunk::More);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(H1Error::Chunked("missing CRLF after chunk data"));
+                    }
+                    buf.advance(2);
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Trailers => {
+                    if buf.starts_with(b"\r\n") {
+                        buf.advance(2);
+                        self.state = ChunkState::Done;
+                        return Ok(Chunk::End(None));
+                    }
+                    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    match httparse::parse_headers(buf, &mut slots) {
+                        Ok(httparse::Status::Complete((len, fields))) => {
+                            let mut trailers = HeaderMap::new();
+                            for f in fields {
+                                if let (Ok(n), Ok(v)) = (
+                                    HeaderName::from_bytes(f.name.as_bytes()),
+                                    HeaderValue::from_bytes(f.value),
+                                ) {
+                                    trailers.append(n, v);
+                                }
+                            }
+                            buf.advance(len);
+                            self.state = ChunkState::Done;
+                            return Ok(Chunk::End(Some(trailers)));
+                        }
+                        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {
+                            return Ok(Chunk::More);
+                        }
+                        _ => return Err(H1Error::Chunked("invalid trailer section")),
+                    }
+                }
+                ChunkState::Done => return Ok(Chunk::End(None)),
+            }
+        }
+    }
+}
+
+fn find_crlf(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n")
+}
+
+/// `chunk-size [ chunk-ext ]`: hex digits, then optional whitespace and `;`-extensions, which
+/// carry nothing we use.
+fn parse_chunk_size(line: &[u8]) -> Result<u64, H1Error> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return Err(H1Error::Chunked("chunk size is not hexadecimal"));
+    }
+    if digits > 15 {
+        return Err(H1Error::Chunked("chunk size too large"));
+    }
+    let rest = &line[digits..];
+    let rest_ok = rest
+        .iter()
+        .position(|&b| b == b';')
+        .map_or(rest, |i| &rest[..i])
+        .iter()
+        .all(|&b| b == b' ' || b == b'\t');
+    if !rest_ok {
+        return Err(H1Error::Chunked("junk after chunk size"));
+    }
+    let s = std::str::from_utf8(&line[..digits]).map_err(|_| H1Error::Chunked("chunk size"))?;
+    u64::from_str_radix(s, 16).map_err(|_| H1Error::Chunked("chunk size"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str) -> Head {
+        let mut b = BytesMut::from(raw);
+        parse_response_head(&mut b).unwrap().unwrap()
+    }
+
+    fn encoded(method: Method, pq: &str, h: &[(&str, &str)], f: ReqFraming) -> String {
+        let mut map = HeaderMap::new();
+        for (k, v) in h {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let mut out = Vec::new();
+        encode_request_head(&mut out, &method, pq, &map, f);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn request_head_is_origin_form_with_fields_in_order() {
+        let s = encoded(
+            Method::GET,
+            "/a?b=1",
+            &[("host", "x"), ("accept", "*/*")],
+            ReqFraming::None,
+        );
+        assert_eq!(s, "GET /a?b=1 HTTP/1.1\r\nhost: x\r\naccept: */*\r\n\r\n");
+    }
+
+    #[test]
+    fn request_head_empty_path_becomes_slash() {
+        let s = encoded(Method::OPTIONS, "", &[], ReqFraming::None);
+        assert!(s.starts_with("OPTIONS / HTTP/1.1\r\n"));
+    }
+
+    #[test]
+    fn request_head_reframes_a_known_length() {
+        let s = encoded(
+            Method::POST,
+            "/",
+            &[("content-length", "999")],
+            ReqFraming::Length(5),
+        );
+        assert_eq!(s, "POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\n");
+    }
+
+    #[test]
+    fn request_head_chunked_drops_content_length_and_old_transfer_encoding() {
+        let s = encoded(
+            Method::POST,
+            "/",
+            &[("content-length", "5"), ("transfer-encoding", "gzip")],
+            ReqFraming::Chunked,
+        );
+        assert_eq!(s, "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n");
+    }
+
+    #[test]
+    fn request_head_bodiless_keeps_the_clients_content_length_zero() {
+        let s = encoded(
+            Method::POST,
+            "/",
+            &[("content-length", "0")],
+            ReqFraming::None,
+        );
+        assert_eq!(s, "POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+    }
+
+    #[test]
+    fn framing_follows_the_body() {
+        assert_eq!(request_framing(true, Some(0)), ReqFraming::None);
+        assert_eq!(request_framing(false, Some(7)), ReqFraming::Length(7));
+        assert_eq!(request_framing(false, None), ReqFraming::Chunked);
+    }
+
+    #[test]
+    fn last_chunk_carries_trailers() {
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", HeaderValue::from_static("0"));
+        assert_eq!(&last_chunk(Some(&t))[..], b"0\r\ngrpc-status: 0\r\n\r\n");
+        assert_eq!(&last_chunk(None)[..], b"0\r\n\r\n");
+        assert_eq!(&chunk_header(255)[..], b"ff\r\n");
+    }
+
+    #[test]
+    fn response_head_partial_waits() {
+        let raw = "HTTP/1.1 200 OK\r\nA: b\r\n";
+        let mut b = BytesMut::from(raw);
+        assert!(parse_response_head(&mut b).unwrap().is_none());
+        assert_eq!(b.len(), raw.len(), "nothing consumed");
+    }
+
+    #[test]
+    fn response_head_leaves_the_body_in_the_buffer() {
+        let mut b = BytesMut::from(
+            "HTTP/1.1 201 Created\r\nX-A: 1\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\nbody",
+        );
+        let h = parse_response_head(&mut b).unwrap().unwrap();
+        assert_eq!(h.status, StatusCode::CREATED);
+        assert_eq!(h.headers["x-a"], "1");
+        // Several Set-Cookie fields stay several (RFC 6265 §3).
+        assert_eq!(h.headers.get_all("set-cookie").iter().count(), 2);
+        assert_eq!(&b[..], b"body");
+    }
+
+    #[test]
+    fn response_head_http10_is_recognised() {
+        assert_eq!(head("HTTP/1.0 200 OK\r\n\r\n").version, Version::HTTP_10);
+    }
+
+    #[test]
+    fn response_head_garbage_is_an_error() {
+        let mut b = BytesMut::from("SSH-2.0-OpenSSH\r\n\r\n");
+        assert!(parse_response_head(&mut b).is_err());
+    }
+
+    #[test]
+    fn response_head_obs_fold_is_an_error() {
+        // RFC 9112 §5.2: obsolete line folding is not accepted.
+        let mut b = BytesMut::from("HTTP/1.1 200 OK\r\nA: b\r\n c\r\n\r\n");
+        assert!(parse_response_head(&mut b).is_err());
+    }
+
+    #[test]
+    fn response_head_too_large_is_an_error() {
+        let mut b =
+            BytesMut::from(format!("HTTP/1.1 200 OK\r\nA: {}", "x".repeat(MAX_HEAD)).as_str());
+        assert_eq!(
+            parse_response_head(&mut b).unwrap_err(),
+            H1Error::HeadTooLarge
+        );
+    }
+
+    #[test]
+    fn body_len_head_request_is_empty() {
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n");
+        assert_eq!(response_body_len(&Method::HEAD, &h), Ok(BodyLen::Empty));
+    }
+
+    #[test]
+    fn body_len_204_and_304_are_empty() {
+        for s in ["204 No Content", "304 Not Modified"] {
+            let h = head(&format!("HTTP/1.1 {s}\r\nContent-Length: 10\r\n\r\n"));
+            assert_eq!(response_body_len(&Method::GET, &h), Ok(BodyLen::Empty));
+        }
+    }
+
+    #[test]
+    fn body_len_content_length() {
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n");
+        assert_eq!(response_body_len(&Method::GET, &h), Ok(BodyLen::Length(10)));
+    }
+
+    #[test]
+    fn body_len_zero_is_empty() {
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(response_body_len(&Method::GET, &h), Ok(BodyLen::Empty));
+    }
+
+    #[test]
+    fn body_len_equal_repeated_lengths_are_one() {
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\nContent-Length: 3\r\n\r\n");
+        assert_eq!(response_body_len(&Method::GET, &h), Ok(BodyLen::Length(3)));
+    }
+
+    #[test]
+    fn body_len_conflicting_lengths_are_an_error() {
+        // RFC 9112 §6.3 rule 5: a response smuggling attempt, never guess.
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n");
+        assert_eq!(
+            response_body_len(&Method::GET, &h),
+            Err(H1Error::ContentLength)
+        );
+    }
+
+    #[test]
+    fn body_len_signed_length_is_an_error() {
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length: +3\r\n\r\n");
+        assert_eq!(
+            response_body_len(&Method::GET, &h),
+            Err(H1Error::ContentLength)
+        );
+    }
+
+    #[test]
+    fn body_len_chunked_wins_over_content_length() {
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(response_body_len(&Method::GET, &h), Ok(BodyLen::Chunked));
+    }
+
+    #[test]
+    fn body_len_non_chunked_coding_reads_until_close() {
+        let h = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n");
+        assert_eq!(response_body_len(&Method::GET, &h), Ok(BodyLen::UntilClose));
+    }
+
+    #[test]
+    fn body_len_without_framing_reads_until_close() {
+        let h = head("HTTP/1.1 200 OK\r\n\r\n");
+        assert_eq!(response_body_len(&Method::GET, &h), Ok(BodyLen::UntilClose));
+    }
+
+    #[test]
+    fn keep_alive_rules() {
+        assert!(keep_alive(&head("HTTP/1.1 200 OK\r\n\r\n")));
+        assert!(!keep_alive(&head(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"
+        )));
+        assert!(!keep_alive(&head("HTTP/1.0 200 OK\r\n\r\n")));
+        assert!(keep_alive(&head(
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\n"
+        )));
+        assert!(!keep_alive(&head(
+            "HTTP/1.1 200 OK\r\nConnection: x, Close\r\n\r\n"
+        )));
+    }
+
+    fn decode_all(input: &[u8]) -> Result<(Vec<u8>, Option<HeaderMap>), H1Error> {
+        // One byte at a time: every state must cope with a split anywhere.
+        let mut d = ChunkedDecoder::default();
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for &b in input {
+            buf.extend_from_slice(&[b]);
+            loop {
+                match d.decode(&mut buf)? {
+                    Chunk::Data(x) => out.extend_from_slice(&x),
+                    Chunk::End(t) => return Ok((out, t)),
+                    Chunk::More => break,
+                }
+            }
+        }
+        Err(H1Error::Chunked("incomplete"))
+    }
+
+    #[test]
+    fn chunked_decodes_split_anywhere() {
+        let (body, t) = decode_all(b"5\r\nhello\r\n1;ext=1\r\n!\r\n0\r\n\r\n").unwrap();
+        assert_eq!(body, b"hello!");
+        assert!(t.is_none());
+    }
+
+    #[test]
+    fn chunked_keeps_trailers() {
+        let (body, t) = decode_all(b"2\r\nhi\r\n0\r\nX-Sum: 9\r\n\r\n").unwrap();
+        assert_eq!(body, b"hi");
+        assert_eq!(t.unwrap()["x-sum"], "9");
+    }
+
+    #[test]
+    fn chunked_rejects_missing_crlf_after_data() {
+        assert!(decode_all(b"2\r\nhiX\r\n0\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn chunked_rejects_bad_size() {
+        assert!(decode_all(b"zz\r\n").is_err());
+        assert!(decode_all(b"-1\r\n").is_err());
+        assert!(decode_all(b"1 2\r\n").is_err());
+    }
+
+    #[test]
+    fn chunked_rejects_oversized_size() {
+        assert!(decode_all(b"ffffffffffffffff\r\n").is_err());
+    }
+
+    #[test]
+    fn chunked_leaves_what_follows_in_the_buffer() {
+        let mut d = ChunkedDecoder::default();
+        let mut buf = BytesMut::from(&b"1\r\na\r\n0\r\n\r\nHTTP/1.1"[..]);
+        assert_eq!(
+            d.decode(&mut buf),
+            Ok(Chunk::Data(Bytes::from_static(b"a")))
+        );
+        assert_eq!(d.decode(&mut buf), Ok(Chunk::End(None)));
+        assert!(d.is_done());
+        assert_eq!(&buf[..], b"HTTP/1.1");
+    }
+}
