@@ -173,7 +173,7 @@ impl Snapshot {
                     }
                     TargetConfig::Static(s) => {
                         let fallback = match &s.fallback {
-                            StaticFallback::NotFound => None,
+                            StaticFallback::NotFound | StaticFallback::File(_) => None,
                             StaticFallback::Route(id) => {
                                 Some(built.get(id.as_str()).cloned().ok_or_else(|| {
                                     format!("static fallback route {id} not found")

@@ -2,8 +2,9 @@
 //!
 //! `Content-Type` by extension, `ETag` and `Last-Modified` with 304s, single `Range` requests,
 //! `HEAD`, precompressed `.br`/`.gz` siblings when the client accepts them, a directory's index
-//! file (no listings), and a fallback for misses (404, or another route: nginx's
-//! `try_files $uri $uri/ @app`). Files are streamed, never read whole.
+//! file (no listings), and a fallback for misses (404, another route: nginx's
+//! `try_files $uri $uri/ @app`, or a file: an SPA's `try_files $uri $uri/ /index.html`). Files
+//! are streamed, never read whole.
 //!
 //! The file path is `root` + the request path, or `root` + the path after the prefix when the
 //! route has `strip_prefix = true` (nginx's `alias`). A path can never leave the root: dot
@@ -23,6 +24,7 @@ use hyper::body::{Frame, Incoming};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 
 use crate::body::{Body, BoxError};
+use crate::config::StaticFallback;
 use crate::error::ProxyError;
 use crate::proxy::Ctx;
 use crate::state::{Route, StaticTarget};
@@ -238,6 +240,16 @@ pub(crate) async fn handle(
         Some(rel) if is_read => lookup(cfg, &rel, rel_source.ends_with('/')).await,
         Some(_) => Lookup::Missing,
         None => Lookup::Forbidden,
+    };
+    // A fallback file stands in for a miss (never for a forbidden path).
+    let found = match (found, &cfg.fallback) {
+        (Lookup::Missing, StaticFallback::File(file)) if is_read => {
+            match lookup(cfg, file, false).await {
+                Lookup::File(f) => Lookup::File(f),
+                _ => Lookup::Missing,
+            }
+        }
+        (found, _) => found,
     };
     match found {
         Lookup::File(f) => serve_file(&req, cfg, *f).await,

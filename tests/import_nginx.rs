@@ -210,6 +210,24 @@ fn the_segment_matching_difference_is_in_the_report() {
     assert!(e.note.contains("/adminx"), "{}", e.note);
 }
 
+#[test]
+fn an_spa_try_files_becomes_a_fallback_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("spa.conf"),
+        "server {\n  listen 80;\n  server_name spa.example.com;\n  root /srv/spa;\n  location / {\n    try_files $uri $uri/ /index.html;\n  }\n}\n",
+    )
+    .unwrap();
+    let (toml, report) = import(dir.path(), "spa.conf");
+    assert!(toml.contains("fallback = \"/index.html\""), "{toml}");
+    let e = report
+        .entries
+        .iter()
+        .find(|e| e.directive.starts_with("try_files"))
+        .unwrap();
+    assert_eq!(e.outcome, Outcome::Translated, "{}", e.note);
+}
+
 /// A backend that answers `<name> <method> <uri> host=<host>`, so answers through nginx and
 /// through Gatehouse can be compared.
 async fn echo(name: &'static str) -> Backend {

@@ -238,6 +238,48 @@ async fn misses_fall_back_to_another_route_by_id() {
 }
 
 #[tokio::test]
+async fn misses_get_a_fallback_file_like_an_spa_try_files() {
+    let s = site(", fallback = \"/docs/index.html\"", "").await;
+    // A client-side route: the app shell, with a 200, as `try_files $uri $uri/ /index.html`.
+    let r = fetch(&s, "/users/42/edit", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "<h1>docs</h1>\n");
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    // Files that exist are still themselves.
+    assert_eq!(fetch(&s, "/css/app.css", &[]).await.text(), "body{}\n");
+}
+
+#[tokio::test]
+async fn a_fallback_file_never_stands_in_for_a_forbidden_path_or_a_post() {
+    let s = site(", fallback = \"/docs/index.html\"", "").await;
+    assert_eq!(fetch(&s, "/.env", &[]).await.status, 404);
+    let post = req("POST", "files.test", "/users").body(empty()).unwrap();
+    assert_eq!(send(s.gw.http(), post).await.status, 405);
+}
+
+#[tokio::test]
+async fn a_missing_fallback_file_is_a_404() {
+    let s = site(", fallback = \"/gone.html\"", "").await;
+    assert_eq!(fetch(&s, "/users/42", &[]).await.status, 404);
+}
+
+#[test]
+fn a_fallback_file_outside_the_root_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &path,
+        "[server]\nhttp = \"127.0.0.1:0\"\n[[site]]\nhosts = [\"files.test\"]\n  [[site.route]]\n  prefix = \"/\"\n  static = { root = \"public\", fallback = \"/../etc/passwd\" }\n",
+    )
+    .unwrap();
+    let err = gatehouse::config::load(&path, &env_of(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("gatehouse.toml:7:"), "{err}");
+    assert!(err.contains("is not a file path under root"), "{err}");
+}
+
+#[tokio::test]
 async fn a_miss_without_fallback_is_404() {
     let s = site("", "").await;
     assert_eq!(fetch(&s, "/nope.css", &[]).await.status, 404);

@@ -1121,6 +1121,17 @@ impl Builder<'_> {
                 let one = Spanned::new(f.span(), OneOrMany::One(f.get_ref().clone()));
                 StaticFallback::Upstream(self.upstream(&one, &format!("{key}.fallback"))?)
             }
+            Some(f) if f.get_ref().starts_with('/') => {
+                if !is_served_file_path(f.get_ref()) {
+                    self.c.error(
+                        Some(f.span()),
+                        format!("{key}.fallback"),
+                        format!("`{}` is not a file path under root", f.get_ref()),
+                        Some("name a file the route serves, like \"/index.html\" (no `..`, no dotfiles, no trailing `/`)".into()),
+                    );
+                }
+                StaticFallback::File(f.get_ref().clone())
+            }
             Some(f) => {
                 fallbacks.push((index, f.get_ref().clone(), f.span()));
                 StaticFallback::Route(f.get_ref().clone())
@@ -1550,6 +1561,46 @@ mod tests {
             "ünï.com",
         ] {
             assert!(parse_host_pattern(h).is_err(), "{h}");
+        }
+    }
+}
+
+/// A static fallback file: `/`-separated segments that the static target itself would serve
+/// (no empty, `.` or `..` segment, no dotfile, no backslash or NUL).
+fn is_served_file_path(p: &str) -> bool {
+    let Some(rest) = p.strip_prefix('/') else {
+        return false;
+    };
+    !rest.is_empty()
+        && rest
+            .split('/')
+            .all(|seg| !seg.is_empty() && !seg.starts_with('.') && !seg.contains(['\\', '\0', '%']))
+}
+
+#[cfg(test)]
+mod fallback_path_tests {
+    use super::is_served_file_path;
+
+    #[test]
+    fn a_file_under_root_is_accepted() {
+        assert!(is_served_file_path("/index.html"));
+        assert!(is_served_file_path("/app/shell.html"));
+    }
+
+    #[test]
+    fn paths_that_leave_root_or_name_dotfiles_are_refused() {
+        for p in [
+            "index.html",
+            "/",
+            "/../etc/passwd",
+            "/a/../b",
+            "/.env",
+            "/a//b",
+            "/a/",
+            "/a%2fb",
+            "/a\\b",
+        ] {
+            assert!(!is_served_file_path(p), "{p}");
         }
     }
 }

@@ -331,6 +331,9 @@ pub enum StaticFallback {
     Route(String),
     /// Hand misses to a backend.
     Upstream(UpstreamConfig),
+    /// Answer misses with this file under `root`, with a 200 (an SPA's
+    /// `try_files $uri $uri/ /index.html`: the client-side router reads the path).
+    File(String),
 }
 
 /// How the upstream request's `Host` is chosen.

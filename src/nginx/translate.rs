@@ -1328,8 +1328,19 @@ impl Tr<'_> {
                 }
             } else if last == "=404" && plain {
                 self.note(t, Outcome::Translated, "static files, 404 on a miss");
+            } else if plain && last.starts_with('/') && !last.contains('$') {
+                self.note(
+                    t,
+                    Outcome::Translated,
+                    &format!("static files, misses get the file {last} (fallback = \"{last}\")"),
+                );
+                fallback = Some(last.to_owned());
             } else {
-                self.note(t, Outcome::Approximated, "static files with 404 on a miss; other try_files forms (an SPA's /index.html fallback) are not supported");
+                self.note(
+                    t,
+                    Outcome::Approximated,
+                    "static files with 404 on a miss; this try_files form is not supported",
+                );
             }
         }
         let index = inh
