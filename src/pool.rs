@@ -372,6 +372,13 @@ impl<'a> Exchange<'a> {
                     return Poll::Ready(Err(e));
                 }
                 progress |= self.poll_write(c, cx);
+                if self.write_error.is_some() && !self.body_done {
+                    // Nothing more can be sent: let the client's body go, which also starts the
+                    // response timeout (it waits for the end of the body), so a backend that
+                    // stops reading and never answers is still a 504, not a hang.
+                    *self.body = UpstreamBody::empty();
+                    self.body_done = true;
+                }
             }
             match c.poll_fill(cx) {
                 Poll::Ready(Ok(0)) => {
