@@ -5,6 +5,9 @@
 //! completion hook exactly once, when the last byte is sent or the body is dropped early: that
 //! hook writes the access log line, records metrics, and marks the connection idle.
 //!
+//! [`ReqBody`] is every request body we receive: hyper's, or none at all for the requests our
+//! own HTTP/1.1 fast path (`h1_server.rs`) reads, which never have one.
+//!
 //! [`UpstreamBody`] is every request body we send upstream: the client's body streamed with a
 //! size limit (`max_body`) and a signal when it is complete, which starts the response timeout.
 //!
@@ -179,6 +182,42 @@ impl HttpBody for Body {
     }
 }
 
+/// A request body as received.
+pub enum ReqBody {
+    Hyper(Incoming),
+    /// A request without a body, read by our own HTTP/1.1 fast path.
+    Empty,
+}
+
+impl HttpBody for ReqBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ReqBody::Hyper(i) => Pin::new(i).poll_frame(cx),
+            ReqBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Hyper(i) => i.is_end_stream(),
+            ReqBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Hyper(i) => i.size_hint(),
+            ReqBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 /// Shared between a request body on its way upstream and the handler waiting for the response.
 #[derive(Debug, Default)]
 pub struct RequestBodyStats {
@@ -193,7 +232,7 @@ pub struct TooLarge(pub u64);
 
 /// A request body on its way upstream.
 pub struct UpstreamBody {
-    inner: Option<Incoming>,
+    inner: Option<ReqBody>,
     limit: u64,
     stats: Arc<RequestBodyStats>,
     /// Fired when the body is complete: the response timeout starts then.
@@ -211,7 +250,7 @@ impl UpstreamBody {
     }
 
     pub fn new(
-        inner: Incoming,
+        inner: ReqBody,
         limit: u64,
         stats: Arc<RequestBodyStats>,
         finished: Option<oneshot::Sender<()>>,

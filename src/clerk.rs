@@ -16,9 +16,8 @@ use base64::Engine as _;
 use http::header::{self, HeaderMap};
 use http::uri::Authority;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
-use crate::body::Body;
+use crate::body::{Body, ReqBody};
 use crate::error::ProxyError;
 use crate::headers;
 use crate::proxy::{Ctx, HostChoice, Outgoing, check_content_length, forward};
@@ -316,7 +315,7 @@ fn authority_host(auth: &str, https: bool) -> Option<String> {
 
 /// Serves one request of a Clerk route.
 pub(crate) async fn handle(
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
     cx: &Ctx<'_>,
     route: &Route,
     target: &Arc<ClerkTarget>,

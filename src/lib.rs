@@ -9,7 +9,7 @@
 //! The request path reads top to bottom:
 //!
 //! - [`server`]: listeners and connections (accept, TLS handshake, HTTP/1.1 and HTTP/2, client
-//!   timeouts, graceful drain);
+//!   timeouts, graceful drain), with [`h1_server`], our HTTP/1.1 path for requests without a body;
 //! - [`proxy`]: the service: host → site → path → route → target → response fixups;
 //! - [`router`] and [`path`]: pure lookup and path normalization;
 //! - [`headers`]: pure header rules (hop-by-hop, forwarding, trust);
@@ -34,6 +34,7 @@ pub mod config;
 pub mod error;
 pub mod gateway;
 pub mod h1;
+pub mod h1_server;
 pub mod headers;
 pub mod metrics;
 pub mod nginx;

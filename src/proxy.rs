@@ -22,7 +22,7 @@ use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 
-use crate::body::{Body, RequestBodyStats, UpstreamBody, UpstreamUsed};
+use crate::body::{Body, ReqBody, RequestBodyStats, UpstreamBody, UpstreamUsed};
 use crate::config::HostPolicy;
 use crate::error::ProxyError;
 use crate::headers::{self, Hop};
@@ -85,7 +85,7 @@ impl Ctx<'_> {
 
 /// The hyper service: never fails, always answers.
 pub async fn serve(
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
     conn: Arc<ConnInfo>,
     shared: Arc<Shared>,
 ) -> Result<Response<Body>, Infallible> {
@@ -149,7 +149,7 @@ struct LogFields {
 
 impl LogFields {
     fn new(
-        req: &Request<Incoming>,
+        req: &Request<ReqBody>,
         conn: &ConnInfo,
         snap: &Snapshot,
         with_query: bool,
@@ -280,7 +280,7 @@ pub fn error_response(e: &ProxyError, is_h1: bool) -> Response<Body> {
 }
 
 async fn handle(
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
     conn: &ConnInfo,
     snap: &Snapshot,
     matched: &mut Option<Arc<Route>>,
@@ -351,7 +351,7 @@ async fn handle(
 
 /// Runs a route's target. Static routes call back into this for their fallback route.
 pub(crate) async fn dispatch(
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
     cx: &Ctx<'_>,
     route: &Arc<Route>,
     prefix: &str,
@@ -424,7 +424,7 @@ fn header_bytes(h: &HeaderMap) -> u64 {
 }
 
 async fn to_upstream(
-    mut req: Request<Incoming>,
+    mut req: Request<ReqBody>,
     cx: &Ctx<'_>,
     route: &Route,
     up: &Upstream,
@@ -595,7 +595,7 @@ pub(crate) struct Outgoing {
 pub(crate) async fn forward(
     up: &Upstream,
     mut out: Outgoing,
-    body: Incoming,
+    body: ReqBody,
     response_timeout: std::time::Duration,
     max_body: u64,
 ) -> Result<Forwarded, ProxyError> {

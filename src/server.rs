@@ -26,6 +26,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use http::Request;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -34,6 +36,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
+use crate::body::ReqBody;
 use crate::proxy::ConnInfo;
 use crate::state::Shared;
 
@@ -162,6 +165,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
             }
         }
         r
+    }
+}
+
+impl<T: crate::h1_server::Readable> crate::h1_server::Readable for TrackedIo<T> {
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner.poll_readable(cx)
     }
 }
 
@@ -374,14 +383,26 @@ async fn serve_tcp(tcp: TcpStream, peer: SocketAddr, kind: ListenerKind, ctx: &S
     match kind {
         ListenerKind::Http => {
             // HTTP/2 with prior knowledge starts with the connection preface (RFC 9113 §3.4).
-            let Some(proto) = sniff(&tcp, header_read).await else {
+            // Boxed, like the branches below: the connection task keeps only what it needs
+            // for its whole life (idle memory, scenario 5 of bench/README.md).
+            let Some(proto) = Box::pin(sniff(&tcp, header_read)).await else {
                 return;
             };
             let tls = Tls {
                 on: false,
                 sni: None,
             };
-            serve_http(tcp, proto == Proto::H2, tls, peer, local, ctx, limits).await;
+            // Boxed: each branch allocates only its own state (the TLS one is several KiB).
+            Box::pin(serve_http(
+                tcp,
+                proto == Proto::H2,
+                tls,
+                peer,
+                local,
+                ctx,
+                limits,
+            ))
+            .await;
         }
         ListenerKind::Https => {
             let accepted = match Box::pin(crate::tls::accept(
@@ -406,7 +427,16 @@ async fn serve_tcp(tcp: TcpStream, peer: SocketAddr, kind: ListenerKind, ctx: &S
                 on: true,
                 sni: accepted.sni.map(String::into_boxed_str),
             };
-            serve_http(accepted.stream, accepted.h2, tls, peer, local, ctx, limits).await;
+            Box::pin(serve_http(
+                accepted.stream,
+                accepted.h2,
+                tls,
+                peer,
+                local,
+                ctx,
+                limits,
+            ))
+            .await;
         }
     }
 }
@@ -435,7 +465,7 @@ async fn serve_http<T>(
     ctx: &ServerCtx,
     limits: Limits,
 ) where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + crate::h1_server::Readable + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new(h2));
     let conn = Arc::new(ConnInfo {
@@ -447,13 +477,15 @@ async fn serve_http<T>(
         activity: activity.clone(),
         gauge: Default::default(),
     });
-    let io = TokioIo::new(TrackedIo {
+    let tracked = TrackedIo {
         inner: stream,
         activity,
-    });
+    };
     let service = {
         let (conn, shared) = (conn.clone(), ctx.shared.clone());
-        service_fn(move |req| crate::proxy::serve(req, conn.clone(), shared.clone()))
+        service_fn(move |req: Request<Incoming>| {
+            crate::proxy::serve(req.map(ReqBody::Hyper), conn.clone(), shared.clone())
+        })
     };
     let Limits {
         idle,
@@ -461,14 +493,26 @@ async fn serve_http<T>(
         max_header,
     } = limits;
     if h2 {
-        let http = h2_builder(max_header).serve_connection(io, service);
+        let http = h2_builder(max_header).serve_connection(TokioIo::new(tracked), service);
         run(Box::pin(http), &conn, ctx, idle, header_read).await;
-    } else {
-        let http = h1_builder(max_header)
-            .serve_connection(io, service)
-            .with_upgrades();
-        run(Box::pin(http), &conn, ctx, idle, header_read).await;
+        return;
     }
+    // HTTP/1.1: our own path first; hyper from the first request it does not take.
+    let fast = crate::h1_server::Limits {
+        idle,
+        header_read,
+        max_header: max_header.try_into().unwrap_or(usize::MAX),
+    };
+    let io = match crate::h1_server::serve(tracked, &conn, &ctx.shared, ctx.shutdown.clone(), fast)
+        .await
+    {
+        crate::h1_server::Next::Closed => return,
+        crate::h1_server::Next::Hyper(io) => io,
+    };
+    let http = h1_builder(max_header)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    run(Box::pin(http), &conn, ctx, idle, header_read).await;
 }
 
 /// The HTTP version of a connection.

@@ -20,10 +20,10 @@ use futures_util::TryStreamExt as _;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::StreamBody;
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 
-use crate::body::{Body, BoxError};
+use crate::body::{Body, BoxError, ReqBody};
 use crate::config::StaticFallback;
 use crate::error::ProxyError;
 use crate::proxy::Ctx;
@@ -217,7 +217,7 @@ async fn inside_root(root: &Path, path: &Path) -> bool {
 
 /// Serves a request of a static route.
 pub(crate) async fn handle(
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
     cx: &Ctx<'_>,
     route: &Route,
     target: &Arc<StaticTarget>,
@@ -297,7 +297,7 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
 }
 
 async fn serve_file(
-    req: &Request<Incoming>,
+    req: &Request<ReqBody>,
     cfg: &crate::config::StaticConfig,
     mut f: Found,
 ) -> Result<Response<Body>, ProxyError> {

@@ -4,15 +4,13 @@
 
 mod common;
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use common::*;
 use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 fn site(upstream: SocketAddr) -> String {
     format!(
@@ -27,39 +25,6 @@ hosts = ["app.example.com"]
   upstream = "http://{upstream}"
 "#
     )
-}
-
-/// A backend that runs `script(n, tcp)` on its `n`th accepted connection (from 0).
-/// Returns its address and the number of connections it accepted.
-async fn raw_backend<F, Fut>(script: F) -> (SocketAddr, Arc<AtomicUsize>)
-where
-    F: Fn(usize, TcpStream) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let count = Arc::new(AtomicUsize::new(0));
-    let c = count.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = l.accept().await {
-            let n = c.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(script(n, tcp));
-        }
-    });
-    (addr, count)
-}
-
-/// Reads one request head; `None` when the peer closed first.
-async fn read_head(tcp: &mut TcpStream) -> Option<String> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match tcp.read(&mut byte).await {
-            Ok(1) => head.push(byte[0]),
-            _ => return None,
-        }
-    }
-    Some(String::from_utf8_lossy(&head).into_owned())
 }
 
 /// Answers every request on the connection with `resp`, until the peer closes.

@@ -594,3 +594,36 @@ pub async fn backend_tls(
         conns,
     )
 }
+
+/// A backend that runs `script(n, tcp)` on its `n`th accepted connection (from 0).
+/// Returns its address and the number of connections it accepted.
+pub async fn raw_backend<F, Fut>(script: F) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>)
+where
+    F: Fn(usize, TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let n = c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(script(n, tcp));
+        }
+    });
+    (addr, count)
+}
+
+/// Reads one request head; `None` when the peer closed first.
+pub async fn read_head(tcp: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match tokio::io::AsyncReadExt::read(tcp, &mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}

@@ -1,0 +1,578 @@
+//! Our HTTP/1.1 fast path: requests without a body, read and answered without hyper.
+//!
+//! Why: hyper's HTTP/1 server cost about 10k instructions per proxied request (more than half of
+//! all of nginx's; see bench/README.md), and it keeps an 8 KiB read and an 8 KiB write buffer for
+//! a connection's whole life. Most requests a gateway sees are GETs without a body. This path
+//! parses them with `httparse` (the parser hyper uses), hands them to the same service, writes the
+//! response itself, and holds no buffer while the connection waits for its next request.
+//!
+//! Anything it does not fully understand goes to hyper, with the bytes read so far, for the rest
+//! of the connection: a request with a body or `Expect`, an upgrade, a target that is not
+//! origin-form, `CONNECT`, a malformed or oversized head (hyper then answers 400 or 431 as it
+//! always did). So this path never makes up an error answer and never guesses at framing.
+//!
+//! Must not: look at routes (the service does), or read a request body.
+
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::body::{Body, ReqBody};
+use crate::proxy::ConnInfo;
+use crate::state::Shared;
+
+/// The most header fields in a request head (hyper's default).
+const MAX_HEADERS: usize = 100;
+/// Room made in the read buffer before a read: nginx's `client_header_buffer_size`, and small
+/// enough for the allocator's per-thread cache, since it is freed while a connection is idle.
+const READ_CHUNK: usize = 1024;
+/// Response bytes gathered before a write; larger body chunks are written as they are.
+const GATHER: usize = 16 * 1024;
+
+/// The timeouts and limit a connection reads once when it is accepted.
+#[derive(Clone, Copy)]
+pub(crate) struct Limits {
+    pub idle: Duration,
+    pub header_read: Duration,
+    pub max_header: usize,
+}
+
+/// How the fast path left a connection.
+pub(crate) enum Next<T> {
+    Closed,
+    /// hyper takes over: the stream, with the bytes already read in front.
+    Hyper(Prefixed<T>),
+}
+
+/// Waits for a stream to have bytes to read without reading them, so an idle connection holds
+/// no read buffer.
+pub(crate) trait Readable {
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl Readable for TcpStream {
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
+    }
+}
+
+impl Readable for tokio_rustls::server::TlsStream<TcpStream> {
+    /// rustls may hold decrypted bytes already: read at once (TLS keeps its own buffers).
+    fn poll_readable(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Serves requests until the connection closes or a request needs hyper.
+pub(crate) async fn serve<T>(
+    mut io: T,
+    conn: &Arc<ConnInfo>,
+    shared: &Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    limits: Limits,
+) -> Next<T>
+where
+    T: AsyncRead + AsyncWrite + Readable + Unpin,
+{
+    let mut buf = BytesMut::new();
+    // One timer and one shutdown watch for the connection's life, reset per request.
+    let closing = shutdown.clone();
+    let shutdown_signal = async move {
+        let _ = shutdown.changed().await;
+    };
+    tokio::pin!(shutdown_signal);
+    let timer = tokio::time::sleep(limits.idle);
+    tokio::pin!(timer);
+    loop {
+        // Read until a whole head is buffered: idle_timeout until its first byte, then
+        // header_read_timeout for the rest (a slowloris client is closed, an idle one is not).
+        timer.as_mut().reset(
+            Instant::now()
+                + if buf.is_empty() {
+                    limits.idle
+                } else {
+                    limits.header_read
+                },
+        );
+        let (req, keep_alive) = loop {
+            if !buf.is_empty() {
+                match parse(&mut buf) {
+                    Ok(Some(parsed)) => break parsed,
+                    Ok(None) if buf.len() < limits.max_header => {}
+                    Ok(None) | Err(Handover) => {
+                        return Next::Hyper(Prefixed::new(buf.freeze(), io));
+                    }
+                }
+            } else {
+                if *closing.borrow() {
+                    return Next::Closed;
+                }
+                let ready = tokio::select! {
+                    biased;
+                    r = poll_fn(|cx| io.poll_readable(cx)) => r.is_ok(),
+                    _ = &mut shutdown_signal => false,
+                    _ = &mut timer => false,
+                };
+                if !ready {
+                    return Next::Closed;
+                }
+            }
+            let first = buf.is_empty();
+            buf.reserve(READ_CHUNK);
+            let n = tokio::select! {
+                biased;
+                r = io.read_buf(&mut buf) => r.unwrap_or(0),
+                _ = &mut timer => 0,
+            };
+            if n == 0 {
+                return Next::Closed;
+            }
+            if first {
+                timer.as_mut().reset(Instant::now() + limits.header_read);
+            }
+        };
+        let head_only = req.method() == Method::HEAD;
+        let version = req.version();
+        // Boxed, as is the response writer: a connection waiting for its next request then
+        // holds neither state (idle memory, scenario 5 of bench/README.md).
+        let resp = match Box::pin(crate::proxy::serve(req, conn.clone(), shared.clone())).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+        let keep_alive = keep_alive && !*closing.borrow();
+        match Box::pin(write_response(
+            &mut io, resp, version, head_only, keep_alive,
+        ))
+        .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                let _ = io.shutdown().await;
+                return Next::Closed;
+            }
+            Err(e) => {
+                tracing::debug!(peer = %conn.peer, error = %e, "connection ended while writing a response");
+                return Next::Closed;
+            }
+        }
+        if buf.is_empty() {
+            // Idle from here: hold no memory for the next request until it arrives.
+            buf = BytesMut::new();
+        }
+    }
+}
+
+/// This request is for hyper.
+#[derive(Debug, PartialEq, Eq)]
+struct Handover;
+
+/// Parses a head from the front of `buf` into a bodiless request and whether the connection
+/// may stay open after it. Consumes nothing unless it returns a request.
+fn parse(buf: &mut BytesMut) -> Result<Option<(Request<ReqBody>, bool)>, Handover> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_request_with_uninit_headers(&mut req, buf, &mut slots)
+    {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(Handover),
+    };
+    let version = match req.version {
+        Some(1) => Version::HTTP_11,
+        Some(0) => Version::HTTP_10,
+        _ => return Err(Handover),
+    };
+    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes()).map_err(|_| Handover)?;
+    let path = req.path.unwrap_or("");
+    if method == Method::CONNECT || !path.starts_with('/') {
+        return Err(Handover);
+    }
+    let mut keep_alive = version == Version::HTTP_11;
+    let base = buf.as_ptr() as usize;
+    let span = |s: &[u8]| {
+        let start = s.as_ptr() as usize - base;
+        start..start + s.len()
+    };
+    let mut fields = Vec::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            if h.value.trim_ascii() != b"0" {
+                return Err(Handover);
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"upgrade")
+            || name.eq_ignore_ascii_case(b"expect")
+        {
+            return Err(Handover);
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            // RFC 9112 §9.3: `close` ends it; an HTTP/1.0 client must ask to keep it.
+            for token in h.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
+                    keep_alive = true;
+                }
+            }
+        }
+        fields.push((span(name), span(h.value)));
+    }
+    let target = span(path.as_bytes());
+    // The values share the head's bytes, as hyper's do: split it off, then build.
+    let head = buf.split_to(len).freeze();
+    let built = (|| {
+        let mut headers = HeaderMap::with_capacity(fields.len());
+        for (n, v) in fields {
+            let name = HeaderName::from_bytes(&head[n]).ok()?;
+            let value = HeaderValue::from_maybe_shared(head.slice(v)).ok()?;
+            headers.append(name, value);
+        }
+        let uri = Uri::from_maybe_shared(head.slice(target)).ok()?;
+        Some((headers, uri))
+    })();
+    let Some((headers, uri)) = built else {
+        // A field or target httparse let through but `http` refuses: hyper answers it, from
+        // the same bytes (the rare path, so the copy does not matter).
+        let mut whole = BytesMut::from(&head[..]);
+        whole.extend_from_slice(buf);
+        *buf = whole;
+        return Err(Handover);
+    };
+    let mut r = Request::new(ReqBody::Empty);
+    *r.method_mut() = method;
+    *r.uri_mut() = uri;
+    *r.version_mut() = version;
+    *r.headers_mut() = headers;
+    Ok(Some((r, keep_alive)))
+}
+
+/// Writes a response; returns whether the connection may carry another request.
+async fn write_response<T: AsyncWrite + Unpin>(
+    io: &mut T,
+    resp: Response<Body>,
+    req_version: Version,
+    head_only: bool,
+    mut keep_alive: bool,
+) -> io::Result<bool> {
+    let (parts, mut body) = resp.into_parts();
+    let status = parts.status;
+    if parts
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|v| crate::headers::has_token(v, "close"))
+    {
+        keep_alive = false;
+    }
+    // RFC 9112 §6.3: no body after HEAD, 1xx, 204, 304.
+    let bodiless = head_only
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    // The length: the header's when the response has one (a static file knows its size; its
+    // streamed body does not), else the body's when it is known.
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let length = declared.or_else(|| body.size_hint().exact());
+    let chunked = !bodiless && length.is_none() && req_version == Version::HTTP_11;
+    if !bodiless && length.is_none() && req_version == Version::HTTP_10 {
+        // An HTTP/1.0 client knows no chunked coding: the end of the body is the close.
+        keep_alive = false;
+    }
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        let framing = name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING;
+        // Our own framing replaces the map's, except that HEAD and 304 keep the length the GET
+        // would have had (RFC 9110 §8.6).
+        let keep_length = name == header::CONTENT_LENGTH
+            && bodiless
+            && !status.is_informational()
+            && status != StatusCode::NO_CONTENT;
+        if name == header::CONNECTION || (framing && !keep_length) {
+            continue;
+        }
+        push_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if head_only && declared.is_none() && length.is_some_and(|n| n > 0) {
+        // A HEAD answered by a body we would have sent (a fixed response): its length.
+        push_field(
+            &mut out,
+            b"content-length",
+            length.unwrap_or(0).to_string().as_bytes(),
+        );
+    }
+    if !bodiless {
+        match length {
+            Some(n) => push_field(&mut out, b"content-length", n.to_string().as_bytes()),
+            None if chunked => push_field(&mut out, b"transfer-encoding", b"chunked"),
+            None => {}
+        }
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        push_field(&mut out, b"date", date().as_bytes());
+    }
+    if !keep_alive {
+        push_field(&mut out, b"connection", b"close");
+    } else if req_version == Version::HTTP_10 {
+        push_field(&mut out, b"connection", b"keep-alive");
+    }
+    out.extend_from_slice(b"\r\n");
+    if bodiless {
+        drop(body);
+        write_all(io, &mut [IoSlice::new(&out)]).await?;
+        return Ok(keep_alive);
+    }
+    // The head goes out with the first piece of the body, in one write; then each piece as it
+    // comes, so a streamed response (server-sent events) is never held back.
+    let mut sent = 0u64;
+    loop {
+        let (data, end) = match poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+            None => (Bytes::new(), true),
+            Some(Ok(f)) => (f.into_data().unwrap_or_default(), body.is_end_stream()),
+            // The client gets a short body on a closed connection, never a padded one.
+            Some(Err(e)) => return Err(io::Error::other(e)),
+        };
+        sent += data.len() as u64;
+        if length.is_some_and(|n| sent > n || (end && sent < n)) {
+            // A body that does not match its length would desynchronise the connection: end it
+            // here, as hyper does, and the client sees a short response.
+            return Err(io::Error::other(
+                "response body length differs from Content-Length",
+            ));
+        }
+        if chunked && !data.is_empty() {
+            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        }
+        let tail: &[u8] = match (chunked, !data.is_empty(), end) {
+            (true, true, true) => b"\r\n0\r\n\r\n",
+            (true, true, false) => b"\r\n",
+            (true, false, true) => b"0\r\n\r\n",
+            _ => b"",
+        };
+        if data.len() <= GATHER {
+            out.extend_from_slice(&data);
+            out.extend_from_slice(tail);
+            if !out.is_empty() {
+                write_all(io, &mut [IoSlice::new(&out)]).await?;
+            }
+        } else {
+            let mut bufs = [IoSlice::new(&out), IoSlice::new(&data), IoSlice::new(tail)];
+            write_all(io, &mut bufs).await?;
+        }
+        out.clear();
+        if end {
+            break;
+        }
+    }
+    io.flush().await?;
+    Ok(keep_alive)
+}
+
+fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+async fn write_all<T: AsyncWrite + Unpin>(
+    io: &mut T,
+    mut bufs: &mut [IoSlice<'_>],
+) -> io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        let n = io.write_vectored(bufs).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
+}
+
+/// The `Date` header value (RFC 9110 §6.6.1), formatted once a second per thread.
+pub(crate) fn date() -> HeaderValue {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static CACHE: RefCell<(u64, HeaderValue)> = const { RefCell::new((0, HeaderValue::from_static(""))) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs {
+            if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(now)) {
+                *c = (secs, v);
+            }
+        }
+        c.1.clone()
+    })
+}
+
+/// A stream with bytes already read from it in front, for hyper to read first.
+pub(crate) struct Prefixed<T> {
+    pre: Bytes,
+    inner: T,
+}
+
+impl<T> Prefixed<T> {
+    fn new(pre: Bytes, inner: T) -> Self {
+        Prefixed { pre, inner }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.pre.is_empty() {
+            let n = self.pre.len().min(buf.remaining());
+            buf.put_slice(&self.pre[..n]);
+            self.pre.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(raw: &str) -> Result<Option<(Request<ReqBody>, bool)>, Handover> {
+        parse(&mut BytesMut::from(raw))
+    }
+
+    #[test]
+    fn a_plain_get_is_ours_and_keeps_the_connection() {
+        let (r, keep) = parsed("GET /a?b=1 HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.method(), Method::GET);
+        assert_eq!(r.uri(), "/a?b=1");
+        assert_eq!(r.headers()["host"], "x");
+        assert!(keep);
+    }
+
+    #[test]
+    fn the_bytes_after_the_head_stay_in_the_buffer() {
+        let mut b = BytesMut::from("GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /next");
+        parse(&mut b).unwrap().unwrap();
+        assert_eq!(&b[..], b"GET /next");
+    }
+
+    #[test]
+    fn a_partial_head_waits_and_consumes_nothing() {
+        let mut b = BytesMut::from("GET / HTTP/1.1\r\nHost:");
+        assert!(parse(&mut b).unwrap().is_none());
+        assert_eq!(b.len(), 21);
+    }
+
+    #[test]
+    fn connection_close_and_http10_keep_alive_rules() {
+        // RFC 9112 §9.3.
+        let close = parsed("GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(!close.1);
+        let old = parsed("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert!(!old.1);
+        let asked = parsed("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(asked.1);
+    }
+
+    #[test]
+    fn a_zero_content_length_is_ours() {
+        assert!(
+            parsed("DELETE /x HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn bodies_upgrades_expect_and_odd_targets_go_to_hyper() {
+        for raw in [
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            "PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n",
+            "GET http://x/ HTTP/1.1\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\n\r\n",
+            "CONNECT x:443 HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+        ] {
+            assert!(matches!(parsed(raw), Err(Handover)), "{raw}");
+        }
+    }
+
+    #[test]
+    fn malformed_heads_go_to_hyper_untouched() {
+        let mut b = BytesMut::from("BLAH\r\n\r\n");
+        assert!(matches!(parse(&mut b), Err(Handover)));
+        assert_eq!(&b[..], b"BLAH\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn prefixed_reads_the_prefix_first() {
+        let inner: &[u8] = b" world";
+        let mut p = Prefixed::new(Bytes::from_static(b"hello"), inner);
+        let mut s = String::new();
+        p.read_to_string(&mut s).await.unwrap();
+        assert_eq!(s, "hello world");
+    }
+}

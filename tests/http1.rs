@@ -1,0 +1,180 @@
+//! The client side of HTTP/1.1 (`h1_server.rs`, with hyper taking over a connection at its first
+//! request with a body): pipelining, the handover mid-connection, HTTP/1.0 keep-alive rules, and
+//! streamed responses, over raw sockets so every byte is seen.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+fn site(upstream: &str) -> String {
+    format!(
+        r#"
+[server]
+http = "127.0.0.1:0"
+
+[[site]]
+hosts = ["app.example.com"]
+  [[site.route]]
+  prefix = "/"
+  upstream = "{upstream}"
+"#
+    )
+}
+
+fn count(hay: &str, needle: &str) -> usize {
+    hay.matches(needle).count()
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let b = backend("b").await;
+    let gw = gateway(&site(&b.url())).await;
+    let out = raw(
+        gw.http(),
+        b"GET /a HTTP/1.1\r\nHost: app.example.com\r\n\r\nGET /b HTTP/1.1\r\nHost: app.example.com\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(count(&out, "HTTP/1.1 200 OK\r\n"), 2, "{out}");
+    let uris: Vec<String> = b.requests().into_iter().map(|s| s.uri).collect();
+    assert_eq!(uris, ["/a", "/b"]);
+}
+
+#[tokio::test]
+async fn a_request_with_a_body_mid_connection_is_served_and_so_is_the_next() {
+    // GET (our path), POST (hyper takes the connection from here), GET (hyper).
+    let b = backend("b").await;
+    let gw = gateway(&site(&b.url())).await;
+    let out = raw(
+        gw.http(),
+        b"GET /1 HTTP/1.1\r\nHost: app.example.com\r\n\r\nPOST /2 HTTP/1.1\r\nHost: app.example.com\r\nContent-Length: 5\r\n\r\nhelloGET /3 HTTP/1.1\r\nHost: app.example.com\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(count(&out, "HTTP/1.1 200 OK\r\n"), 3, "{out}");
+    let seen = b.requests();
+    let uris: Vec<&str> = seen.iter().map(|s| s.uri.as_str()).collect();
+    assert_eq!(uris, ["/1", "/2", "/3"]);
+    assert_eq!(&seen[1].body[..], b"hello");
+}
+
+#[tokio::test]
+async fn responses_carry_a_date_and_their_length() {
+    let b = backend("body").await;
+    let gw = gateway(&site(&b.url())).await;
+    let out = raw(
+        gw.http(),
+        b"GET / HTTP/1.1\r\nHost: app.example.com\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .to_ascii_lowercase();
+    assert!(out.contains("\r\ndate: "), "{out}");
+    assert!(out.contains("\r\ncontent-length: 4\r\n"), "{out}");
+    assert!(out.contains("\r\nconnection: close\r\n"), "{out}");
+    assert!(out.ends_with("\r\n\r\nbody"), "{out}");
+}
+
+#[tokio::test]
+async fn an_http10_client_is_closed_unless_it_asks_for_keep_alive() {
+    // RFC 9112 §9.3: HTTP/1.0 closes by default; `raw` reads to the close, so a connection left
+    // open would fail this test by timing out.
+    let b = backend("b").await;
+    let gw = gateway(&site(&b.url())).await;
+    let out = raw(
+        gw.http(),
+        b"GET / HTTP/1.0\r\nHost: app.example.com\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+
+    let mut tcp = TcpStream::connect(gw.http()).await.unwrap();
+    tcp.write_all(b"GET /1 HTTP/1.0\r\nHost: app.example.com\r\nConnection: keep-alive\r\n\r\n")
+        .await
+        .unwrap();
+    let head = within("the first response", read_head(&mut tcp))
+        .await
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(head.contains("connection: keep-alive"), "{head}");
+    let mut body = [0u8; 1];
+    tcp.read_exact(&mut body).await.unwrap();
+    tcp.write_all(b"GET /2 HTTP/1.0\r\nHost: app.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    within(
+        "the second response and the close",
+        tcp.read_to_end(&mut rest),
+    )
+    .await
+    .unwrap();
+    assert!(String::from_utf8_lossy(&rest).starts_with("HTTP/1.1 200"));
+    assert_eq!(b.count(), 3);
+}
+
+/// A backend whose chunked response sends "first", then waits for the test's go before "second".
+async fn two_part_backend() -> (std::net::SocketAddr, oneshot::Sender<()>) {
+    let (go_tx, go_rx) = oneshot::channel::<()>();
+    let go = Arc::new(Mutex::new(Some(go_rx)));
+    let (addr, _) = raw_backend(move |_, mut tcp| {
+        let go = go.lock().unwrap().take();
+        async move {
+            read_head(&mut tcp).await;
+            tcp.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+                .await
+                .unwrap();
+            if let Some(go) = go {
+                let _ = go.await;
+            }
+            let _ = tcp.write_all(b"6\r\nsecond\r\n0\r\n\r\n").await;
+        }
+    })
+    .await;
+    (addr, go_tx)
+}
+
+#[tokio::test]
+async fn a_streamed_response_is_chunked_and_never_held_back() {
+    let (addr, go) = two_part_backend().await;
+    let gw = gateway(&site(&format!("http://{addr}"))).await;
+    let mut tcp = TcpStream::connect(gw.http()).await.unwrap();
+    tcp.write_all(b"GET /events HTTP/1.1\r\nHost: app.example.com\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let head = within("the head", read_head(&mut tcp))
+        .await
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    // The first piece arrives while the backend still holds the second.
+    let mut first = [0u8; 10];
+    within("the first piece", tcp.read_exact(&mut first))
+        .await
+        .unwrap();
+    assert_eq!(&first, b"5\r\nfirst\r\n");
+    go.send(()).unwrap();
+    let mut rest = Vec::new();
+    within("the rest", tcp.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    assert_eq!(&rest[..], b"6\r\nsecond\r\n0\r\n\r\n");
+}
+
+#[tokio::test]
+async fn a_streamed_response_to_http10_ends_with_the_close() {
+    let (addr, go) = two_part_backend().await;
+    go.send(()).unwrap();
+    let gw = gateway(&site(&format!("http://{addr}"))).await;
+    let out = raw(
+        gw.http(),
+        b"GET / HTTP/1.0\r\nHost: app.example.com\r\n\r\n",
+    )
+    .await;
+    let lower = out.to_ascii_lowercase();
+    assert!(!lower.contains("transfer-encoding"), "{out}");
+    assert!(lower.contains("connection: close"), "{out}");
+    assert!(out.ends_with("\r\n\r\nfirstsecond"), "{out}");
+}
