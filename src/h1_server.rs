@@ -36,11 +36,12 @@ use crate::state::Shared;
 
 /// The most header fields in a request head (hyper's default).
 const MAX_HEADERS: usize = 100;
+/// The most body bytes and pieces gathered into one write.
+const MAX_GATHER_BYTES: usize = 256 * 1024;
+const MAX_GATHER_PIECES: usize = 48;
 /// Room made in the read buffer before a read: nginx's `client_header_buffer_size`, and small
 /// enough for the allocator's per-thread cache, since it is freed while a connection is idle.
 const READ_CHUNK: usize = 1024;
-/// Response bytes gathered before a write; larger body chunks are written as they are.
-const GATHER: usize = 16 * 1024;
 
 /// The timeouts and limit a connection reads once when it is accepted.
 #[derive(Clone, Copy)]
@@ -345,17 +346,48 @@ async fn write_response<T: AsyncWrite + Unpin>(
         write_all(io, &mut [IoSlice::new(&out)]).await?;
         return Ok(keep_alive);
     }
-    // The head goes out with the first piece of the body, in one write; then each piece as it
-    // comes, so a streamed response (server-sent events) is never held back.
+    // The head goes out with the first piece of the body, in one write. Then every piece the
+    // body has ready is gathered into one vectored write (as hyper does), and a body that has
+    // nothing ready is never waited for with bytes held back (server-sent events stream).
     let mut sent = 0u64;
+    let mut pieces: Vec<Bytes> = Vec::new();
     loop {
-        let (data, end) = match poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-            None => (Bytes::new(), true),
-            Some(Ok(f)) => (f.into_data().unwrap_or_default(), body.is_end_stream()),
-            // The client gets a short body on a closed connection, never a padded one.
-            Some(Err(e)) => return Err(io::Error::other(e)),
-        };
-        sent += data.len() as u64;
+        let mut end = false;
+        let mut ready = 0usize;
+        while ready < MAX_GATHER_BYTES && pieces.len() < MAX_GATHER_PIECES {
+            let polled = poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+                // Nothing more ready: write what we have (the head at least) before waiting.
+                Poll::Pending if !pieces.is_empty() || !out.is_empty() => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(f) => Poll::Ready(Some(f)),
+            })
+            .await;
+            let Some(frame) = polled else { break };
+            let data = match frame {
+                None => {
+                    end = true;
+                    break;
+                }
+                Some(Ok(f)) => f.into_data().unwrap_or_default(),
+                // The client gets a short body on a closed connection, never a padded one.
+                Some(Err(e)) => return Err(io::Error::other(e)),
+            };
+            sent += data.len() as u64;
+            if !data.is_empty() {
+                if chunked {
+                    pieces.push(Bytes::from(format!("{:x}\r\n", data.len())));
+                }
+                ready += data.len();
+                pieces.push(data);
+                if chunked {
+                    pieces.push(Bytes::from_static(b"\r\n"));
+                }
+            }
+            if body.is_end_stream() {
+                end = true;
+                break;
+            }
+        }
         if length.is_some_and(|n| sent > n || (end && sent < n)) {
             // A body that does not match its length would desynchronise the connection: end it
             // here, as hyper does, and the client sees a short response.
@@ -363,26 +395,16 @@ async fn write_response<T: AsyncWrite + Unpin>(
                 "response body length differs from Content-Length",
             ));
         }
-        if chunked && !data.is_empty() {
-            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        if end && chunked {
+            pieces.push(Bytes::from_static(b"0\r\n\r\n"));
         }
-        let tail: &[u8] = match (chunked, !data.is_empty(), end) {
-            (true, true, true) => b"\r\n0\r\n\r\n",
-            (true, true, false) => b"\r\n",
-            (true, false, true) => b"0\r\n\r\n",
-            _ => b"",
-        };
-        if data.len() <= GATHER {
-            out.extend_from_slice(&data);
-            out.extend_from_slice(tail);
-            if !out.is_empty() {
-                write_all(io, &mut [IoSlice::new(&out)]).await?;
-            }
-        } else {
-            let mut bufs = [IoSlice::new(&out), IoSlice::new(&data), IoSlice::new(tail)];
-            write_all(io, &mut bufs).await?;
-        }
+        let mut bufs: Vec<IoSlice<'_>> = Vec::with_capacity(pieces.len() + 1);
+        bufs.push(IoSlice::new(&out));
+        bufs.extend(pieces.iter().map(|p| IoSlice::new(p)));
+        write_all(io, &mut bufs).await?;
+        drop(bufs);
         out.clear();
+        pieces.clear();
         if end {
             break;
         }

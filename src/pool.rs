@@ -117,12 +117,19 @@ impl Drop for Pooled {
 /// Room made in the read buffer before each read. Response bodies are handed on as slices of
 /// this buffer (no copy); the space is reused once the client side has written them out.
 const READ_CHUNK: usize = 16 * 1024;
+/// The largest read of a response body whose length is known.
+const MAX_READ: usize = 256 * 1024;
 
 impl Pooled {
     /// Reads what the backend has sent into `buf`; `Ok(0)` is the backend closing.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-            self.buf.reserve(READ_CHUNK);
+        self.poll_fill_up_to(cx, READ_CHUNK)
+    }
+
+    /// As `poll_fill`, with room for up to `want` bytes: a large body moves in large reads.
+    fn poll_fill_up_to(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < want / 4 {
+            self.buf.reserve(want);
         }
         poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
@@ -575,7 +582,11 @@ impl HttpBody for PooledBody {
                 }
                 _ => {}
             }
-            match ready!(c.poll_fill(cx)) {
+            let want = match this.state {
+                BodyState::Length(left) => (left.min(MAX_READ as u64) as usize).max(READ_CHUNK),
+                _ => READ_CHUNK,
+            };
+            match ready!(c.poll_fill_up_to(cx, want)) {
                 Ok(0) if matches!(this.state, BodyState::UntilClose) => {
                     this.conn = None;
                     this.state = BodyState::Done;
