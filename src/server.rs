@@ -405,38 +405,43 @@ async fn serve_tcp(tcp: TcpStream, peer: SocketAddr, kind: ListenerKind, ctx: &S
             .await;
         }
         ListenerKind::Https => {
-            let accepted = match Box::pin(crate::tls::accept(
-                tcp,
-                ctx.tls.clone(),
-                &*ctx.shared,
-                handshake,
-            ))
-            .await
-            {
-                Ok(a) => {
-                    crate::metrics::tls_handshake(Ok(if a.h2 { "h2" } else { "http/1.1" }));
-                    a
-                }
-                Err(e) => {
-                    crate::metrics::tls_handshake(Err(e.reason()));
-                    tracing::debug!(%peer, reason = e.reason(), error = %e, "TLS handshake failed");
-                    return;
-                }
+            // The handshake's result lives in this block only: a local that lived on across
+            // the await below would keep its (several KiB) slot in the task for the
+            // connection's whole life, although it was moved out.
+            let serve = {
+                let accepted = match Box::pin(crate::tls::accept(
+                    tcp,
+                    ctx.tls.clone(),
+                    &*ctx.shared,
+                    handshake,
+                ))
+                .await
+                {
+                    Ok(a) => {
+                        crate::metrics::tls_handshake(Ok(if a.h2 { "h2" } else { "http/1.1" }));
+                        a
+                    }
+                    Err(e) => {
+                        crate::metrics::tls_handshake(Err(e.reason()));
+                        tracing::debug!(%peer, reason = e.reason(), error = %e, "TLS handshake failed");
+                        return;
+                    }
+                };
+                let tls = Tls {
+                    on: true,
+                    sni: accepted.sni.map(String::into_boxed_str),
+                };
+                Box::pin(serve_http(
+                    accepted.stream,
+                    accepted.h2,
+                    tls,
+                    peer,
+                    local,
+                    ctx,
+                    limits,
+                ))
             };
-            let tls = Tls {
-                on: true,
-                sni: accepted.sni.map(String::into_boxed_str),
-            };
-            Box::pin(serve_http(
-                accepted.stream,
-                accepted.h2,
-                tls,
-                peer,
-                local,
-                ctx,
-                limits,
-            ))
-            .await;
+            serve.await;
         }
     }
 }
