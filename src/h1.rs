@@ -13,6 +13,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
+use crate::headers::has_token;
+
 /// The largest response head we accept (nginx's `proxy_buffer_size` is 4 or 8 KiB; we are
 /// more lenient, since cookies and CSP headers grow).
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -237,19 +239,11 @@ pub fn response_body_len(method: &Method, head: &Head) -> Result<BodyLen, H1Erro
 
 /// Whether the connection may carry another request after this response (RFC 9112 §9.3).
 pub fn keep_alive(head: &Head) -> bool {
-    let mut close = head.version == Version::HTTP_10;
-    for v in head.headers.get_all(header::CONNECTION) {
-        for token in v.to_str().unwrap_or("").split(',') {
-            let token = token.trim();
-            if token.eq_ignore_ascii_case("close") {
-                return false;
-            }
-            if token.eq_ignore_ascii_case("keep-alive") {
-                close = false;
-            }
-        }
+    let connection = head.headers.get_all(header::CONNECTION);
+    if connection.iter().any(|v| has_token(v, "close")) {
+        return false;
     }
-    !close
+    head.version != Version::HTTP_10 || connection.iter().any(|v| has_token(v, "keep-alive"))
 }
 
 /// Where the chunked decoder is.

@@ -377,7 +377,7 @@ async fn write_response<T: AsyncWrite + Unpin>(
             sent += data.len() as u64;
             if !data.is_empty() {
                 if chunked {
-                    pieces.push(Bytes::from(format!("{:x}\r\n", data.len())));
+                    pieces.push(crate::h1::chunk_header(data.len()));
                 }
                 ready += data.len();
                 pieces.push(data);

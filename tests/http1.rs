@@ -11,21 +11,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-fn site(upstream: &str) -> String {
-    format!(
-        r#"
-[server]
-http = "127.0.0.1:0"
-
-[[site]]
-hosts = ["app.example.com"]
-  [[site.route]]
-  prefix = "/"
-  upstream = "{upstream}"
-"#
-    )
-}
-
 fn count(hay: &str, needle: &str) -> usize {
     hay.matches(needle).count()
 }
@@ -33,7 +18,7 @@ fn count(hay: &str, needle: &str) -> usize {
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
     let b = backend("b").await;
-    let gw = gateway(&site(&b.url())).await;
+    let gw = gateway(&app_site(&b.url())).await;
     let out = raw(
         gw.http(),
         b"GET /a HTTP/1.1\r\nHost: app.example.com\r\n\r\nGET /b HTTP/1.1\r\nHost: app.example.com\r\nConnection: close\r\n\r\n",
@@ -48,7 +33,7 @@ async fn pipelined_requests_are_answered_in_order() {
 async fn a_request_with_a_body_mid_connection_is_served_and_so_is_the_next() {
     // GET (our path), POST (hyper takes the connection from here), GET (hyper).
     let b = backend("b").await;
-    let gw = gateway(&site(&b.url())).await;
+    let gw = gateway(&app_site(&b.url())).await;
     let out = raw(
         gw.http(),
         b"GET /1 HTTP/1.1\r\nHost: app.example.com\r\n\r\nPOST /2 HTTP/1.1\r\nHost: app.example.com\r\nContent-Length: 5\r\n\r\nhelloGET /3 HTTP/1.1\r\nHost: app.example.com\r\nConnection: close\r\n\r\n",
@@ -64,7 +49,7 @@ async fn a_request_with_a_body_mid_connection_is_served_and_so_is_the_next() {
 #[tokio::test]
 async fn responses_carry_a_date_and_their_length() {
     let b = backend("body").await;
-    let gw = gateway(&site(&b.url())).await;
+    let gw = gateway(&app_site(&b.url())).await;
     let out = raw(
         gw.http(),
         b"GET / HTTP/1.1\r\nHost: app.example.com\r\nConnection: close\r\n\r\n",
@@ -82,7 +67,7 @@ async fn an_http10_client_is_closed_unless_it_asks_for_keep_alive() {
     // RFC 9112 §9.3: HTTP/1.0 closes by default; `raw` reads to the close, so a connection left
     // open would fail this test by timing out.
     let b = backend("b").await;
-    let gw = gateway(&site(&b.url())).await;
+    let gw = gateway(&app_site(&b.url())).await;
     let out = raw(
         gw.http(),
         b"GET / HTTP/1.0\r\nHost: app.example.com\r\n\r\n",
@@ -139,7 +124,7 @@ async fn two_part_backend() -> (std::net::SocketAddr, oneshot::Sender<()>) {
 #[tokio::test]
 async fn a_streamed_response_is_chunked_and_never_held_back() {
     let (addr, go) = two_part_backend().await;
-    let gw = gateway(&site(&format!("http://{addr}"))).await;
+    let gw = gateway(&app_site(&format!("http://{addr}"))).await;
     let mut tcp = TcpStream::connect(gw.http()).await.unwrap();
     tcp.write_all(b"GET /events HTTP/1.1\r\nHost: app.example.com\r\nConnection: close\r\n\r\n")
         .await
@@ -167,7 +152,7 @@ async fn a_streamed_response_is_chunked_and_never_held_back() {
 async fn a_streamed_response_to_http10_ends_with_the_close() {
     let (addr, go) = two_part_backend().await;
     go.send(()).unwrap();
-    let gw = gateway(&site(&format!("http://{addr}"))).await;
+    let gw = gateway(&app_site(&format!("http://{addr}"))).await;
     let out = raw(
         gw.http(),
         b"GET / HTTP/1.0\r\nHost: app.example.com\r\n\r\n",

@@ -627,3 +627,10 @@ pub async fn read_head(tcp: &mut TcpStream) -> Option<String> {
     }
     Some(String::from_utf8_lossy(&head).into_owned())
 }
+
+/// A gateway config: one plain listener, site `app.example.com`, everything to `upstream`.
+pub fn app_site(upstream: &str) -> String {
+    format!(
+        "[server]\nhttp = \"127.0.0.1:0\"\n\n[[site]]\nhosts = [\"app.example.com\"]\n  [[site.route]]\n  prefix = \"/\"\n  upstream = \"{upstream}\"\n"
+    )
+}
