@@ -51,6 +51,8 @@ pub(crate) struct Limits {
     pub idle: Duration,
     pub header_read: Duration,
     pub max_header: usize,
+    /// Whether an idle connection may leave to be parked ([`crate::park`]).
+    pub park: bool,
 }
 
 /// How the fast path left a connection.
@@ -58,6 +60,12 @@ pub(crate) enum Next<T> {
     Closed,
     /// hyper takes over: the stream, with the bytes already read in front.
     Hyper(Prefixed<T>),
+    /// Idle for [`crate::park::PARK_AFTER`]: the stream may wait parked until `until` (its
+    /// idle deadline).
+    Park {
+        io: T,
+        until: Instant,
+    },
 }
 
 /// Waits for a stream to have bytes to read without reading them, so an idle connection holds
@@ -80,6 +88,10 @@ impl Readable for tokio_rustls::server::TlsStream<TcpStream> {
 }
 
 /// Serves requests until the connection closes or a request needs hyper.
+///
+/// Two states, so that a connection waiting for its next request costs little: idle (this
+/// function: the stream, one timer, the shutdown watch) and busy (a boxed [`burst`], holding
+/// the read buffer, the request and the response, freed when the connection is idle again).
 pub(crate) async fn serve<T>(
     mut io: T,
     conn: &Arc<ConnInfo>,
@@ -90,8 +102,8 @@ pub(crate) async fn serve<T>(
 where
     T: AsyncRead + AsyncWrite + Readable + Unpin,
 {
-    let mut buf = BytesMut::new();
-    // One timer and one shutdown watch for the connection's life, reset per request.
+    // One timer and one shutdown waiter for the connection's life (a new waiter per request
+    // costs a registration each time).
     let closing = shutdown.clone();
     let shutdown_signal = async move {
         let _ = shutdown.changed().await;
@@ -100,37 +112,76 @@ where
     let timer = tokio::time::sleep(limits.idle);
     tokio::pin!(timer);
     loop {
-        // Read until a whole head is buffered: idle_timeout until its first byte, then
+        if *closing.borrow() {
+            return Next::Closed;
+        }
+        let now = Instant::now();
+        let until = now + limits.idle;
+        let park = limits.park && crate::park::PARK_AFTER < limits.idle;
+        timer.as_mut().reset(if park {
+            now + crate::park::PARK_AFTER
+        } else {
+            until
+        });
+        let ready = tokio::select! {
+            biased;
+            r = poll_fn(|cx| io.poll_readable(cx)) => r.is_ok(),
+            _ = &mut shutdown_signal => false,
+            _ = &mut timer => {
+                if park {
+                    return Next::Park { io, until };
+                }
+                false
+            }
+        };
+        if !ready {
+            return Next::Closed;
+        }
+        let busy = burst(&mut io, conn, shared, &closing, timer.as_mut(), limits);
+        match Box::pin(busy).await {
+            Burst::Idle => {}
+            Burst::Closed => return Next::Closed,
+            Burst::Hyper(buf) => return Next::Hyper(Prefixed::new(buf.freeze(), io)),
+        }
+    }
+}
+
+/// How a busy spell ended.
+enum Burst {
+    /// Every buffered request answered: wait for the next one.
+    Idle,
+    Closed,
+    /// hyper takes over, with these bytes read already.
+    Hyper(BytesMut),
+}
+
+/// Reads and answers requests while the client has some buffered (pipelining), from the first
+/// byte of a head to the end of the last response.
+async fn burst<T>(
+    io: &mut T,
+    conn: &Arc<ConnInfo>,
+    shared: &Arc<Shared>,
+    closing: &watch::Receiver<bool>,
+    mut timer: Pin<&mut tokio::time::Sleep>,
+    limits: Limits,
+) -> Burst
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::new();
+    loop {
+        // Read until a whole head is buffered: the caller's idle timer until its first byte (a
+        // TLS stream is always "readable", so the wait for the first byte may be here), then
         // header_read_timeout for the rest (a slowloris client is closed, an idle one is not).
-        timer.as_mut().reset(
-            Instant::now()
-                + if buf.is_empty() {
-                    limits.idle
-                } else {
-                    limits.header_read
-                },
-        );
+        if !buf.is_empty() {
+            timer.as_mut().reset(Instant::now() + limits.header_read);
+        }
         let (req, keep_alive) = loop {
             if !buf.is_empty() {
                 match parse(&mut buf) {
                     Ok(Some(parsed)) => break parsed,
                     Ok(None) if buf.len() < limits.max_header => {}
-                    Ok(None) | Err(Handover) => {
-                        return Next::Hyper(Prefixed::new(buf.freeze(), io));
-                    }
-                }
-            } else {
-                if *closing.borrow() {
-                    return Next::Closed;
-                }
-                let ready = tokio::select! {
-                    biased;
-                    r = poll_fn(|cx| io.poll_readable(cx)) => r.is_ok(),
-                    _ = &mut shutdown_signal => false,
-                    _ = &mut timer => false,
-                };
-                if !ready {
-                    return Next::Closed;
+                    Ok(None) | Err(Handover) => return Burst::Hyper(buf),
                 }
             }
             let first = buf.is_empty();
@@ -141,7 +192,7 @@ where
                 _ = &mut timer => 0,
             };
             if n == 0 {
-                return Next::Closed;
+                return Burst::Closed;
             }
             if first {
                 timer.as_mut().reset(Instant::now() + limits.header_read);
@@ -149,31 +200,24 @@ where
         };
         let head_only = req.method() == Method::HEAD;
         let version = req.version();
-        // Boxed, as is the response writer: a connection waiting for its next request then
-        // holds neither state (idle memory, scenario 5 of bench/README.md).
-        let resp = match Box::pin(crate::proxy::serve(req, conn.clone(), shared.clone())).await {
+        let resp = match crate::proxy::serve(req, conn.clone(), shared.clone()).await {
             Ok(r) => r,
             Err(never) => match never {},
         };
         let keep_alive = keep_alive && !*closing.borrow();
-        match Box::pin(write_response(
-            &mut io, resp, version, head_only, keep_alive,
-        ))
-        .await
-        {
+        match write_response(io, resp, version, head_only, keep_alive).await {
             Ok(true) => {}
             Ok(false) => {
                 let _ = io.shutdown().await;
-                return Next::Closed;
+                return Burst::Closed;
             }
             Err(e) => {
                 tracing::debug!(peer = %conn.peer, error = %e, "connection ended while writing a response");
-                return Next::Closed;
+                return Burst::Closed;
             }
         }
         if buf.is_empty() {
-            // Idle from here: hold no memory for the next request until it arrives.
-            buf = BytesMut::new();
+            return Burst::Idle;
         }
     }
 }

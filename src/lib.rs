@@ -38,6 +38,7 @@ pub mod h1_server;
 pub mod headers;
 pub mod metrics;
 pub mod nginx;
+pub mod park;
 pub mod path;
 pub mod pool;
 pub mod proxy;

@@ -29,6 +29,7 @@ pub const UPSTREAM_ACTIVE_REQUESTS: &str = "gatehouse_upstream_active_requests";
 pub const BACKEND_UP: &str = "gatehouse_backend_up";
 pub const OPEN_CONNECTIONS: &str = "gatehouse_open_connections";
 pub const CONNECTIONS: &str = "gatehouse_connections_total";
+pub const PARKED_CONNECTIONS: &str = "gatehouse_parked_connections";
 pub const TLS_HANDSHAKES: &str = "gatehouse_tls_handshakes_total";
 pub const TLS_HANDSHAKE_FAILURES: &str = "gatehouse_tls_handshake_failures_total";
 pub const CERT_EXPIRY: &str = "gatehouse_certificate_expiry_seconds";
@@ -127,6 +128,10 @@ fn describe() {
         "Open client connections, by listener and protocol (h1, h2, websocket)"
     );
     describe_counter!(CONNECTIONS, "Client connections accepted, by listener");
+    describe_gauge!(
+        PARKED_CONNECTIONS,
+        "Idle HTTP/1.1 keep-alive connections held as bare sockets (counted in open connections too)"
+    );
     describe_counter!(
         TLS_HANDSHAKES,
         "TLS handshakes completed, by negotiated protocol"
@@ -337,6 +342,12 @@ pub fn connection_accepted(listener: &'static str) {
     let cell = if listener == "https" { &HTTPS } else { &HTTP };
     cell.get_or_init(|| counter!(CONNECTIONS, "listener" => listener))
         .increment(1);
+}
+
+/// The parked-connections gauge, looked up once per process.
+pub fn parked() -> &'static ::metrics::Gauge {
+    static G: OnceLock<::metrics::Gauge> = OnceLock::new();
+    G.get_or_init(|| gauge!(PARKED_CONNECTIONS))
 }
 
 pub fn tls_handshake(ok: Result<&'static str, &'static str>) {

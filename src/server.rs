@@ -32,11 +32,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::body::ReqBody;
+use crate::park::Parked;
 use crate::proxy::ConnInfo;
 use crate::state::Shared;
 
@@ -318,6 +319,8 @@ pub async fn accept_loop(
 ) {
     let local = listener.local_addr().ok();
     let mut shutdown = ctx.shutdown.clone();
+    // Idle plain-HTTP/1.1 connections wait here, on this loop's runtime, as bare sockets.
+    let lot = (kind == ListenerKind::Http).then(|| crate::park::Lot::start(&ctx));
     loop {
         let permit = tokio::select! {
             p = ctx.limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
@@ -338,14 +341,10 @@ pub async fn accept_loop(
         };
         let _ = tcp.set_nodelay(true);
         let ctx2 = ctx.clone();
+        let lot = lot.clone();
         let span = tracing::debug_span!("conn", %peer, listener = ?local);
-        ctx.tracker.spawn(
-            async move {
-                serve_tcp(tcp, peer, kind, &ctx2).await;
-                drop(permit);
-            }
-            .instrument(span),
-        );
+        ctx.tracker
+            .spawn(serve_tcp(tcp, peer, kind, ctx2, permit, lot).instrument(span));
     }
 }
 
@@ -363,46 +362,32 @@ async fn handle_accept_error(e: io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-async fn serve_tcp(tcp: TcpStream, peer: SocketAddr, kind: ListenerKind, ctx: &ServerCtx) {
+async fn serve_tcp(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    kind: ListenerKind,
+    ctx: Arc<ServerCtx>,
+    permit: OwnedSemaphorePermit,
+    lot: Option<crate::park::Lot>,
+) {
     crate::metrics::connection_accepted(kind.label());
     let local = tcp.local_addr().unwrap_or(peer);
-    let snap = ctx.shared.load();
-    let server = &snap.config.server;
-    let (idle, header_read, handshake) = (
-        server.timeouts.idle,
-        server.header_read_timeout,
-        server.tls_handshake_timeout,
-    );
-    let max_header = server.limits.max_request_header_bytes;
-    drop(snap);
-    let limits = Limits {
-        idle,
-        header_read,
-        max_header,
-    };
+    let limits = Limits::read(&ctx, lot.is_some());
     match kind {
         ListenerKind::Http => {
             // HTTP/2 with prior knowledge starts with the connection preface (RFC 9113 §3.4).
             // Boxed, like the branches below: the connection task keeps only what it needs
             // for its whole life (idle memory, scenario 5 of bench/README.md).
-            let Some(proto) = Box::pin(sniff(&tcp, header_read)).await else {
+            let Some(proto) = Box::pin(sniff(&tcp, limits.header_read)).await else {
                 return;
             };
-            let tls = Tls {
-                on: false,
-                sni: None,
-            };
+            let h2 = proto == Proto::H2;
+            let conn = conn_info(peer, local, Tls::PLAIN, h2);
             // Boxed: each branch allocates only its own state (the TLS one is several KiB).
-            Box::pin(serve_http(
-                tcp,
-                proto == Proto::H2,
-                tls,
-                peer,
-                local,
-                ctx,
-                limits,
-            ))
-            .await;
+            let idle = Box::pin(serve_http(tcp, h2, conn.clone(), &ctx, limits)).await;
+            if let (Some((tcp, until)), Some(lot)) = (idle, lot) {
+                park(tcp, conn, permit, until, &lot);
+            }
         }
         ListenerKind::Https => {
             // The handshake's result lives in this block only: a local that lived on across
@@ -413,7 +398,7 @@ async fn serve_tcp(tcp: TcpStream, peer: SocketAddr, kind: ListenerKind, ctx: &S
                     tcp,
                     ctx.tls.clone(),
                     &*ctx.shared,
-                    handshake,
+                    limits.handshake,
                 ))
                 .await
                 {
@@ -431,27 +416,87 @@ async fn serve_tcp(tcp: TcpStream, peer: SocketAddr, kind: ListenerKind, ctx: &S
                     on: true,
                     sni: accepted.sni.map(String::into_boxed_str),
                 };
-                Box::pin(serve_http(
-                    accepted.stream,
-                    accepted.h2,
-                    tls,
-                    peer,
-                    local,
-                    ctx,
-                    limits,
-                ))
+                let conn = conn_info(peer, local, tls, accepted.h2);
+                Box::pin(serve_http(accepted.stream, accepted.h2, conn, &ctx, limits))
             };
             serve.await;
         }
     }
 }
 
-/// A connection's settings, read once from the snapshot when it is accepted.
+/// Serves a parked connection again: its client has sent the next request (or closed).
+pub(crate) async fn resume(parked: Parked, ctx: Arc<ServerCtx>, lot: Option<crate::park::Lot>) {
+    let Parked { tcp, permit, gauge } = parked;
+    let (Ok(peer), Ok(local)) = (tcp.peer_addr(), tcp.local_addr()) else {
+        return; // reset while parked
+    };
+    let conn = conn_info(peer, local, Tls::PLAIN, false);
+    if let Some(g) = gauge {
+        let _ = conn.gauge.set(g);
+    }
+    let limits = Limits::read(&ctx, lot.is_some());
+    let idle = Box::pin(
+        serve_http(tcp, false, conn.clone(), &ctx, limits)
+            .instrument(tracing::debug_span!("conn", %peer, resumed = true)),
+    )
+    .await;
+    if let (Some((tcp, until)), Some(lot)) = (idle, lot) {
+        park(tcp, conn, permit, until, &lot);
+    }
+}
+
+/// Parks an idle connection: it keeps its socket, its permit and its gauge; the rest of its
+/// `ConnInfo` is dropped (rebuilt on resume). Were that still shared (it never is between
+/// requests), the connection is closed instead, as an idle keep-alive connection may be.
+fn park(
+    tcp: TcpStream,
+    conn: Arc<ConnInfo>,
+    permit: OwnedSemaphorePermit,
+    until: tokio::time::Instant,
+    lot: &crate::park::Lot,
+) {
+    if let Some(info) = Arc::into_inner(conn) {
+        let gauge = info.gauge.into_inner();
+        lot.park(Parked { tcp, permit, gauge }, until);
+    }
+}
+
+/// What the request path knows about a new connection.
+fn conn_info(peer: SocketAddr, local: SocketAddr, tls: Tls, h2: bool) -> Arc<ConnInfo> {
+    Arc::new(ConnInfo {
+        peer,
+        local,
+        tls: tls.on,
+        sni: tls.sni,
+        peer_value: crate::headers::ip_value(peer.ip()),
+        activity: Arc::new(Activity::new(h2)),
+        gauge: Default::default(),
+    })
+}
+
+/// A connection's settings, read once from the snapshot when it is accepted (or resumed).
 #[derive(Clone, Copy)]
 struct Limits {
     idle: Duration,
     header_read: Duration,
+    handshake: Duration,
     max_header: u64,
+    /// An idle HTTP/1.1 connection may be parked (plain TCP with a lot to park in).
+    park: bool,
+}
+
+impl Limits {
+    fn read(ctx: &ServerCtx, park: bool) -> Limits {
+        let snap = ctx.shared.load();
+        let server = &snap.config.server;
+        Limits {
+            idle: server.timeouts.idle,
+            header_read: server.header_read_timeout,
+            handshake: server.tls_handshake_timeout,
+            max_header: server.limits.max_request_header_bytes,
+            park,
+        }
+    }
 }
 
 /// Whether the connection is TLS, and the server name it asked for.
@@ -460,64 +505,90 @@ struct Tls {
     sni: Option<Box<str>>,
 }
 
-/// Serves HTTP/1.1 or HTTP/2 on an established stream (plain TCP or TLS alike).
+impl Tls {
+    const PLAIN: Tls = Tls {
+        on: false,
+        sni: None,
+    };
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on an established stream (plain TCP or TLS alike). Returns the
+/// stream when it has been idle long enough to be parked, with its idle deadline.
 async fn serve_http<T>(
     stream: T,
     h2: bool,
-    tls: Tls,
-    peer: SocketAddr,
-    local: SocketAddr,
+    conn: Arc<ConnInfo>,
     ctx: &ServerCtx,
     limits: Limits,
-) where
+) -> Option<(T, tokio::time::Instant)>
+where
     T: AsyncRead + AsyncWrite + crate::h1_server::Readable + Unpin + Send + 'static,
 {
-    let activity = Arc::new(Activity::new(h2));
-    let conn = Arc::new(ConnInfo {
-        peer,
-        local,
-        tls: tls.on,
-        sni: tls.sni,
-        peer_value: crate::headers::ip_value(peer.ip()),
-        activity: activity.clone(),
-        gauge: Default::default(),
-    });
     let tracked = TrackedIo {
         inner: stream,
-        activity,
-    };
-    let service = {
-        let (conn, shared) = (conn.clone(), ctx.shared.clone());
-        service_fn(move |req: Request<Incoming>| {
-            crate::proxy::serve(req.map(ReqBody::Hyper), conn.clone(), shared.clone())
-        })
+        activity: conn.activity.clone(),
     };
     let Limits {
         idle,
         header_read,
         max_header,
+        park,
+        ..
     } = limits;
+    // hyper's connection state is boxed, as the fast path's busy state is: what this function
+    // holds while an HTTP/1.1 connection waits for its next request is all an idle connection
+    // costs (scenario 5 of bench/README.md).
+    // (Each hyper connection is built inside a block: a local that lived on across the await,
+    // although moved out, would keep its slot in this future.)
     if h2 {
-        let http = h2_builder(max_header).serve_connection(TokioIo::new(tracked), service);
-        run(Box::pin(http), &conn, ctx, idle, header_read).await;
-        return;
+        let served = {
+            let http = h2_builder(max_header).serve_connection(
+                TokioIo::new(tracked),
+                service(conn.clone(), ctx.shared.clone()),
+            );
+            Box::pin(run(Box::pin(http), &conn, ctx, idle, header_read))
+        };
+        served.await;
+        return None;
     }
     // HTTP/1.1: our own path first; hyper from the first request it does not take.
     let fast = crate::h1_server::Limits {
         idle,
         header_read,
         max_header: max_header.try_into().unwrap_or(usize::MAX),
+        park,
     };
     let io = match crate::h1_server::serve(tracked, &conn, &ctx.shared, ctx.shutdown.clone(), fast)
         .await
     {
-        crate::h1_server::Next::Closed => return,
+        crate::h1_server::Next::Closed => return None,
+        crate::h1_server::Next::Park { io, until } => return Some((io.inner, until)),
         crate::h1_server::Next::Hyper(io) => io,
     };
-    let http = h1_builder(max_header)
-        .serve_connection(TokioIo::new(io), service)
-        .with_upgrades();
-    run(Box::pin(http), &conn, ctx, idle, header_read).await;
+    let served = {
+        let http = h1_builder(max_header)
+            .serve_connection(TokioIo::new(io), service(conn.clone(), ctx.shared.clone()))
+            .with_upgrades();
+        Box::pin(run(Box::pin(http), &conn, ctx, idle, header_read))
+    };
+    served.await;
+    None
+}
+
+/// The service hyper calls: our one request handler, with this connection's details.
+fn service(
+    conn: Arc<ConnInfo>,
+    shared: Arc<Shared>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = http::Response<crate::body::Body>,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<http::Response<crate::body::Body>, std::convert::Infallible>>
+             + Send,
+> + Clone {
+    service_fn(move |req: Request<Incoming>| {
+        crate::proxy::serve(req.map(ReqBody::Hyper), conn.clone(), shared.clone())
+    })
 }
 
 /// The HTTP version of a connection.
