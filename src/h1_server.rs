@@ -94,6 +94,7 @@ impl Readable for tokio_rustls::server::TlsStream<TcpStream> {
 /// the read buffer, the request and the response, freed when the connection is idle again).
 pub(crate) async fn serve<T>(
     mut io: T,
+    read: BytesMut,
     conn: &Arc<ConnInfo>,
     shared: &Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
@@ -109,35 +110,40 @@ where
         let _ = shutdown.changed().await;
     };
     tokio::pin!(shutdown_signal);
-    let timer = tokio::time::sleep(limits.idle);
+    let timer = tokio::time::sleep(limits.header_read);
     tokio::pin!(timer);
+    // Bytes read already (the listener's look for the HTTP/2 preface): a head has begun.
+    let mut read = read;
     loop {
         if *closing.borrow() {
             return Next::Closed;
         }
-        let now = Instant::now();
-        let until = now + limits.idle;
-        let park = limits.park && crate::park::PARK_AFTER < limits.idle;
-        timer.as_mut().reset(if park {
-            now + crate::park::PARK_AFTER
-        } else {
-            until
-        });
-        let ready = tokio::select! {
-            biased;
-            r = poll_fn(|cx| io.poll_readable(cx)) => r.is_ok(),
-            _ = &mut shutdown_signal => false,
-            _ = &mut timer => {
-                if park {
-                    return Next::Park { io, until };
+        if read.is_empty() {
+            let now = Instant::now();
+            let until = now + limits.idle;
+            let park = limits.park && crate::park::PARK_AFTER < limits.idle;
+            timer.as_mut().reset(if park {
+                now + crate::park::PARK_AFTER
+            } else {
+                until
+            });
+            let ready = tokio::select! {
+                biased;
+                r = poll_fn(|cx| io.poll_readable(cx)) => r.is_ok(),
+                _ = &mut shutdown_signal => false,
+                _ = &mut timer => {
+                    if park {
+                        return Next::Park { io, until };
+                    }
+                    false
                 }
-                false
+            };
+            if !ready {
+                return Next::Closed;
             }
-        };
-        if !ready {
-            return Next::Closed;
         }
-        let busy = burst(&mut io, conn, shared, &closing, timer.as_mut(), limits);
+        let buf = std::mem::take(&mut read);
+        let busy = burst(&mut io, buf, conn, shared, &closing, timer.as_mut(), limits);
         match Box::pin(busy).await {
             Burst::Idle => {}
             Burst::Closed => return Next::Closed,
@@ -159,6 +165,7 @@ enum Burst {
 /// byte of a head to the end of the last response.
 async fn burst<T>(
     io: &mut T,
+    mut buf: BytesMut,
     conn: &Arc<ConnInfo>,
     shared: &Arc<Shared>,
     closing: &watch::Receiver<bool>,
@@ -168,7 +175,6 @@ async fn burst<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut buf = BytesMut::new();
     loop {
         // Read until a whole head is buffered: the caller's idle timer until its first byte (a
         // TLS stream is always "readable", so the wait for the first byte may be here), then
@@ -508,7 +514,7 @@ pub(crate) struct Prefixed<T> {
 }
 
 impl<T> Prefixed<T> {
-    fn new(pre: Bytes, inner: T) -> Self {
+    pub(crate) fn new(pre: Bytes, inner: T) -> Self {
         Prefixed { pre, inner }
     }
 }

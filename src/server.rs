@@ -26,11 +26,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use http::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::task::TaskTracker;
@@ -344,7 +345,7 @@ pub async fn accept_loop(
         let lot = lot.clone();
         let span = tracing::debug_span!("conn", %peer, listener = ?local);
         ctx.tracker
-            .spawn(serve_tcp(tcp, peer, kind, ctx2, permit, lot).instrument(span));
+            .spawn(serve_tcp(tcp, peer, local, kind, ctx2, permit, lot).instrument(span));
     }
 }
 
@@ -363,28 +364,34 @@ async fn handle_accept_error(e: io::Error) {
 }
 
 async fn serve_tcp(
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     peer: SocketAddr,
+    listen: Option<SocketAddr>,
     kind: ListenerKind,
     ctx: Arc<ServerCtx>,
     permit: OwnedSemaphorePermit,
     lot: Option<crate::park::Lot>,
 ) {
     crate::metrics::connection_accepted(kind.label());
-    let local = tcp.local_addr().unwrap_or(peer);
+    // The listener's address, unless it is a wildcard (one system call saved per connection).
+    let local = match listen {
+        Some(a) if !a.ip().is_unspecified() => a,
+        _ => tcp.local_addr().unwrap_or(peer),
+    };
     let limits = Limits::read(&ctx, lot.is_some());
     match kind {
         ListenerKind::Http => {
             // HTTP/2 with prior knowledge starts with the connection preface (RFC 9113 §3.4).
             // Boxed, like the branches below: the connection task keeps only what it needs
             // for its whole life (idle memory, scenario 5 of bench/README.md).
-            let Some(proto) = Box::pin(sniff(&tcp, limits.header_read)).await else {
+            let Some((proto, read)) = Box::pin(first_read(&mut tcp, limits.header_read)).await
+            else {
                 return;
             };
             let h2 = proto == Proto::H2;
             let conn = conn_info(peer, local, Tls::PLAIN, h2);
             // Boxed: each branch allocates only its own state (the TLS one is several KiB).
-            let idle = Box::pin(serve_http(tcp, h2, conn.clone(), &ctx, limits)).await;
+            let idle = Box::pin(serve_http(tcp, read, h2, conn.clone(), &ctx, limits)).await;
             if let (Some((tcp, until)), Some(lot)) = (idle, lot) {
                 park(tcp, conn, permit, until, &lot);
             }
@@ -417,7 +424,15 @@ async fn serve_tcp(
                     sni: accepted.sni.map(String::into_boxed_str),
                 };
                 let conn = conn_info(peer, local, tls, accepted.h2);
-                Box::pin(serve_http(accepted.stream, accepted.h2, conn, &ctx, limits))
+                let read = BytesMut::new();
+                Box::pin(serve_http(
+                    accepted.stream,
+                    read,
+                    accepted.h2,
+                    conn,
+                    &ctx,
+                    limits,
+                ))
             };
             serve.await;
         }
@@ -436,7 +451,7 @@ pub(crate) async fn resume(parked: Parked, ctx: Arc<ServerCtx>, lot: Option<crat
     }
     let limits = Limits::read(&ctx, lot.is_some());
     let idle = Box::pin(
-        serve_http(tcp, false, conn.clone(), &ctx, limits)
+        serve_http(tcp, BytesMut::new(), false, conn.clone(), &ctx, limits)
             .instrument(tracing::debug_span!("conn", %peer, resumed = true)),
     )
     .await;
@@ -512,10 +527,12 @@ impl Tls {
     };
 }
 
-/// Serves HTTP/1.1 or HTTP/2 on an established stream (plain TCP or TLS alike). Returns the
+/// Serves HTTP/1.1 or HTTP/2 on an established stream (plain TCP or TLS alike), `read` being
+/// bytes read from it already. Returns the
 /// stream when it has been idle long enough to be parked, with its idle deadline.
 async fn serve_http<T>(
     stream: T,
+    read: BytesMut,
     h2: bool,
     conn: Arc<ConnInfo>,
     ctx: &ServerCtx,
@@ -542,10 +559,9 @@ where
     // although moved out, would keep its slot in this future.)
     if h2 {
         let served = {
-            let http = h2_builder(max_header).serve_connection(
-                TokioIo::new(tracked),
-                service(conn.clone(), ctx.shared.clone()),
-            );
+            let io = crate::h1_server::Prefixed::new(read.freeze(), tracked);
+            let http = h2_builder(max_header)
+                .serve_connection(TokioIo::new(io), service(conn.clone(), ctx.shared.clone()));
             Box::pin(run(Box::pin(http), &conn, ctx, idle, header_read))
         };
         served.await;
@@ -558,8 +574,8 @@ where
         max_header: max_header.try_into().unwrap_or(usize::MAX),
         park,
     };
-    let io = match crate::h1_server::serve(tracked, &conn, &ctx.shared, ctx.shutdown.clone(), fast)
-        .await
+    let shutdown = ctx.shutdown.clone();
+    let io = match crate::h1_server::serve(tracked, read, &conn, &ctx.shared, shutdown, fast).await
     {
         crate::h1_server::Next::Closed => return None,
         crate::h1_server::Next::Park { io, until } => return Some((io.inner, until)),
@@ -598,24 +614,26 @@ enum Proto {
     H2,
 }
 
-/// Tells HTTP/2 prior knowledge from HTTP/1 by peeking at the first bytes, without consuming
-/// them. A client that sends nothing is dropped after `deadline` (the header-read timeout).
-async fn sniff(tcp: &TcpStream, deadline: Duration) -> Option<Proto> {
-    let mut buf = [0u8; 24];
+/// Reads a connection's first bytes and tells HTTP/2 prior knowledge (RFC 9113 §3.4) from
+/// HTTP/1 by them. The bytes are the start of the first request: they go on to whichever
+/// protocol serves it (reading rather than peeking saves a system call per connection). A
+/// client that sends nothing is dropped after `deadline` (the header-read timeout).
+async fn first_read(tcp: &mut TcpStream, deadline: Duration) -> Option<(Proto, BytesMut)> {
     let look = async {
+        let mut buf = BytesMut::new();
         loop {
-            let n = tcp.peek(&mut buf).await.ok()?;
-            if n == 0 {
+            buf.reserve(1024);
+            if tcp.read_buf(&mut buf).await.ok()? == 0 {
                 return None;
             }
+            let n = buf.len().min(H2_PREFACE.len());
             if buf[..n] != H2_PREFACE[..n] {
-                return Some(Proto::H1);
+                return Some((Proto::H1, buf));
             }
             if n == H2_PREFACE.len() {
-                return Some(Proto::H2);
+                return Some((Proto::H2, buf));
             }
-            // Part of the preface so far: wait for the rest (peek would return at once).
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            // Part of the preface so far: read on.
         }
     };
     tokio::time::timeout(deadline, look).await.ok().flatten()
