@@ -4,9 +4,10 @@
 //! life, and offers no way to release them between requests; an idle keep-alive connection cost
 //! 16 KiB (nginx: 0.6). Most requests a gateway sees are GETs without a body. This path parses
 //! them with `httparse` (the parser hyper uses), hands them to the same service, writes the
-//! response itself, and holds no buffer while the connection waits for its next request (idle
-//! connections now cost 2.4 KiB; the CPU per request is about the same as hyper's, since most
-//! of it is building the same `http` types; see bench/README.md).
+//! response itself, and holds no buffer while the connection waits for its next request; after
+//! a while idle, a plain-TCP connection leaves to be parked ([`crate::park`]). The CPU per
+//! request is about the same as hyper's, since most of it is building the same `http` types
+//! (see bench/README.md).
 //!
 //! Anything it does not fully understand goes to hyper, with the bytes read so far, for the rest
 //! of the connection: a request with a body or `Expect`, an upgrade, a target that is not
