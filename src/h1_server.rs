@@ -39,6 +39,10 @@ use crate::state::Shared;
 
 /// The most header fields in a request head (hyper's default).
 const MAX_HEADERS: usize = 100;
+/// Room left in a request's header map for the fields the proxy adds (`X-Forwarded-For`,
+/// `-Proto`, `-Host`, `-Prefix`, `X-Real-IP`): growing the map rehashes it, and that was 5% of
+/// a small request's instructions (callgrind).
+const FORWARDING_ROOM: usize = 6;
 /// The most body bytes and pieces gathered into one write.
 const MAX_GATHER_BYTES: usize = 256 * 1024;
 const MAX_GATHER_PIECES: usize = 48;
@@ -290,7 +294,7 @@ fn parse(buf: &mut BytesMut) -> Result<Option<(Request<ReqBody>, bool)>, Handove
     // The values share the head's bytes, as hyper's do: split it off, then build.
     let head = buf.split_to(len).freeze();
     let built = (|| {
-        let mut headers = HeaderMap::with_capacity(fields.len());
+        let mut headers = HeaderMap::with_capacity(fields.len() + FORWARDING_ROOM);
         for (n, v) in fields {
             let name = HeaderName::from_bytes(&head[n]).ok()?;
             let value = HeaderValue::from_maybe_shared(head.slice(v)).ok()?;
