@@ -320,18 +320,27 @@ pub async fn accept_loop(
 ) {
     let local = listener.local_addr().ok();
     let mut shutdown = ctx.shutdown.clone();
+    // One waiter for the loop's life: new `changed()` futures per connection cost four waiter
+    // registrations per accept (callgrind, scenario 3 of bench/README.md).
+    let stopped = async move {
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            _ = stop.changed() => {}
+        }
+    };
+    tokio::pin!(stopped);
     // Idle plain-HTTP/1.1 connections wait here, on this loop's runtime, as bare sockets.
     let lot = (kind == ListenerKind::Http).then(|| crate::park::Lot::start(&ctx));
     loop {
         let permit = tokio::select! {
+            biased;
             p = ctx.limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = shutdown.changed() => return,
-            _ = stop.changed() => return,
+            () = &mut stopped => return,
         };
         let accepted = tokio::select! {
+            biased;
+            () = &mut stopped => return,
             a = listener.accept() => a,
-            _ = shutdown.changed() => return,
-            _ = stop.changed() => return,
         };
         let (tcp, peer) = match accepted {
             Ok(c) => c,
