@@ -183,19 +183,23 @@ where
     loop {
         // Read until a whole head is buffered: the caller's idle timer until its first byte (a
         // TLS stream is always "readable", so the wait for the first byte may be here), then
-        // header_read_timeout for the rest (a slowloris client is closed, an idle one is not).
-        if !buf.is_empty() {
-            timer.as_mut().reset(Instant::now() + limits.header_read);
-        }
+        // header_read_timeout from the first time the head is seen incomplete (a slowloris
+        // client is closed, an idle one is not). A head that arrives whole, the common case,
+        // costs no timer change.
+        let mut head_deadline = false;
         let (req, keep_alive) = loop {
             if !buf.is_empty() {
                 match parse(&mut buf) {
                     Ok(Some(parsed)) => break parsed,
-                    Ok(None) if buf.len() < limits.max_header => {}
+                    Ok(None) if buf.len() < limits.max_header => {
+                        if !head_deadline {
+                            timer.as_mut().reset(Instant::now() + limits.header_read);
+                            head_deadline = true;
+                        }
+                    }
                     Ok(None) | Err(Handover) => return Burst::Hyper(buf),
                 }
             }
-            let first = buf.is_empty();
             buf.reserve(READ_CHUNK);
             let n = tokio::select! {
                 biased;
@@ -204,9 +208,6 @@ where
             };
             if n == 0 {
                 return Burst::Closed;
-            }
-            if first {
-                timer.as_mut().reset(Instant::now() + limits.header_read);
             }
         };
         let head_only = req.method() == Method::HEAD;

@@ -280,6 +280,52 @@ async fn a_slowloris_client_is_closed_at_the_header_read_timeout() {
 }
 
 #[tokio::test]
+async fn a_slowloris_second_request_on_a_kept_alive_connection_is_closed_too() {
+    let b = backend("b").await;
+    let gw = gateway(&site(
+        &format!("\"{}\"", b.url()),
+        "header_read_timeout = \"300ms\"",
+        "",
+    ))
+    .await;
+    let mut tcp = tokio::net::TcpStream::connect(gw.http()).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: app.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut tcp).await.expect("the first response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut body = [0u8; 1];
+    tcp.read_exact(&mut body).await.unwrap();
+    // The second head never ends.
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: app.example.com\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    let closed = within("the slowloris connection to be closed", async {
+        loop {
+            match tokio::time::timeout(Duration::from_millis(50), tcp.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => return false,
+                Err(_) => {
+                    if tcp.write_all(b"a").await.is_err() {
+                        return true;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(closed, "the gateway answered a request that never finished");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "closed too early: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(b.count(), 1);
+}
+
+#[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_idle_timeout_not_header_timeout() {
     let b = backend("b").await;
     let gw = gateway(&site(
