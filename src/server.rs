@@ -401,9 +401,7 @@ async fn serve_tcp(
             let conn = conn_info(peer, local, Tls::PLAIN, h2);
             // Boxed: each branch allocates only its own state (the TLS one is several KiB).
             let idle = Box::pin(serve_http(tcp, read, h2, conn.clone(), &ctx, limits)).await;
-            if let (Some((tcp, until)), Some(lot)) = (idle, lot) {
-                park(tcp, conn, permit, until, &lot);
-            }
+            park(idle, conn, permit, lot.as_ref());
         }
         ListenerKind::Https => {
             // The handshake's result lives in this block only: a local that lived on across
@@ -464,21 +462,22 @@ pub(crate) async fn resume(parked: Parked, ctx: Arc<ServerCtx>, lot: Option<crat
             .instrument(tracing::debug_span!("conn", %peer, resumed = true)),
     )
     .await;
-    if let (Some((tcp, until)), Some(lot)) = (idle, lot) {
-        park(tcp, conn, permit, until, &lot);
-    }
+    park(idle, conn, permit, lot.as_ref());
 }
 
-/// Parks an idle connection: it keeps its socket, its permit and its gauge; the rest of its
-/// `ConnInfo` is dropped (rebuilt on resume). Were that still shared (it never is between
-/// requests), the connection is closed instead, as an idle keep-alive connection may be.
+/// Parks a connection that `serve_http` left idle (`idle` holds its socket and deadline): it
+/// keeps its socket, its permit and its gauge; the rest of its `ConnInfo` is dropped (rebuilt on
+/// resume). Were that still shared (it never is between requests), the connection is closed
+/// instead, as an idle keep-alive connection may be. Anything else just closes.
 fn park(
-    tcp: TcpStream,
+    idle: Option<(TcpStream, tokio::time::Instant)>,
     conn: Arc<ConnInfo>,
     permit: OwnedSemaphorePermit,
-    until: tokio::time::Instant,
-    lot: &crate::park::Lot,
+    lot: Option<&crate::park::Lot>,
 ) {
+    let (Some((tcp, until)), Some(lot)) = (idle, lot) else {
+        return;
+    };
     if let Some(info) = Arc::into_inner(conn) {
         let gauge = info.gauge.into_inner();
         lot.park(Parked { tcp, permit, gauge }, until);

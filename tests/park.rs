@@ -52,6 +52,20 @@ async fn client(addr: SocketAddr) -> SendRequest<http_body_util::Full<bytes::Byt
     send
 }
 
+/// A raw connection that has sent one request and read its 200 head (the body, "b", unread).
+async fn answered_once(addr: SocketAddr) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut tcp,
+        b"GET / HTTP/1.1\r\nHost: app.example.com\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_head(&mut tcp).await.expect("a response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    tcp
+}
+
 async fn fetch(
     send: &mut SendRequest<http_body_util::Full<bytes::Bytes>>,
     path: &str,
@@ -92,15 +106,7 @@ async fn a_parked_connection_is_closed_at_its_idle_timeout() {
     let b = backend("b").await;
     let gw = gateway(&config(&b.url(), "1s")).await;
     let admin = gw.gw.admin_addr().unwrap();
-    let mut tcp = TcpStream::connect(gw.http()).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(
-        &mut tcp,
-        b"GET / HTTP/1.1\r\nHost: app.example.com\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let head = read_head(&mut tcp).await.expect("a response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut tcp = answered_once(gw.http()).await;
     parked(admin, 1.0).await;
     // The body ("b"), then the close.
     let mut rest = Vec::new();
@@ -137,14 +143,7 @@ async fn shutdown_closes_parked_connections() {
     let b = backend("b").await;
     let gw = gateway(&config(&b.url(), "60s")).await;
     let admin = gw.gw.admin_addr().unwrap();
-    let mut tcp = TcpStream::connect(gw.http()).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(
-        &mut tcp,
-        b"GET / HTTP/1.1\r\nHost: app.example.com\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    read_head(&mut tcp).await.expect("a response");
+    let mut tcp = answered_once(gw.http()).await;
     parked(admin, 1.0).await;
     assert!(
         within("shutdown", gw.gw.shutdown(Duration::from_secs(10))).await,
