@@ -320,6 +320,12 @@ pub async fn accept_loop(
 ) {
     let local = listener.local_addr().ok();
     let mut shutdown = ctx.shutdown.clone();
+    // A reload that removes this listener waits for every `stop` receiver to go
+    // (`stop.closed()` in gateway.rs) and then expects the address to refuse connections. The
+    // receiver inside `stopped` goes the moment that future completes, on this thread, while
+    // the reload runs on another: this clone, declared before the listener, is dropped after
+    // it, so the socket is closed first.
+    let _held_until_closed = stop.clone();
     // One waiter for the loop's life: new `changed()` futures per connection cost four waiter
     // registrations per accept (callgrind, scenario 3 of bench/README.md).
     let stopped = async move {
@@ -329,6 +335,8 @@ pub async fn accept_loop(
         }
     };
     tokio::pin!(stopped);
+    // A local (parameters are dropped after locals), declared after the clone above.
+    let listener = listener;
     // Idle plain-HTTP/1.1 connections wait here, on this loop's runtime, as bare sockets.
     let lot = (kind == ListenerKind::Http).then(|| crate::park::Lot::start(&ctx));
     loop {
