@@ -48,17 +48,47 @@ fn hex(b: u8) -> Option<u8> {
 
 /// True when the raw path has an encoded or raw separator, or NUL, that backends read differently.
 pub fn is_ambiguous(raw: &str) -> bool {
-    let b = raw.as_bytes();
-    if b.contains(&b'\\') {
-        return true;
+    scan(raw.as_bytes()).ambiguous
+}
+
+/// What one pass over a raw path finds.
+struct Scan {
+    ambiguous: bool,
+    /// An escape, an empty segment or a dot segment: the path must be rewritten.
+    needs_work: bool,
+}
+
+/// One pass instead of one per pattern: this runs on every request (six substring searches were
+/// 3% of a small request's instructions under callgrind).
+fn scan(b: &[u8]) -> Scan {
+    let mut s = Scan {
+        ambiguous: false,
+        needs_work: false,
+    };
+    let at = |i: usize| b.get(i).copied();
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'\\' => s.ambiguous = true,
+            b'%' => {
+                s.needs_work = true;
+                if matches!(
+                    (at(i + 1), at(i + 2).map(|x| x.to_ascii_uppercase())),
+                    (Some(b'2'), Some(b'F')) | (Some(b'5'), Some(b'C')) | (Some(b'0'), Some(b'0'))
+                ) {
+                    s.ambiguous = true;
+                }
+            }
+            // `//`, `/.` and `/..` as whole segments.
+            b'/' => match (at(i + 1), at(i + 2), at(i + 3)) {
+                (Some(b'/'), _, _) => s.needs_work = true,
+                (Some(b'.'), None | Some(b'/'), _) => s.needs_work = true,
+                (Some(b'.'), Some(b'.'), None | Some(b'/')) => s.needs_work = true,
+                _ => {}
+            },
+            _ => {}
+        }
     }
-    b.windows(3).any(|w| {
-        w[0] == b'%'
-            && matches!(
-                (w[1], w[2].to_ascii_uppercase()),
-                (b'2', b'F') | (b'5', b'C') | (b'0', b'0')
-            )
-    })
+    s
 }
 
 /// Normalizes `raw` (the path part of the request target, without the query).
@@ -67,14 +97,11 @@ pub fn normalize(raw: &str) -> Result<NormalizedPath<'_>, PathError> {
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotOrigin);
     }
-    let ambiguous = is_ambiguous(raw);
+    let Scan {
+        ambiguous,
+        needs_work,
+    } = scan(bytes);
     // Fast path: nothing to decode, no empty or dot segments.
-    let needs_work = bytes.contains(&b'%')
-        || raw.contains("//")
-        || raw.contains("/./")
-        || raw.contains("/../")
-        || raw.ends_with("/.")
-        || raw.ends_with("/..");
     if !needs_work {
         return Ok(NormalizedPath {
             path: Cow::Borrowed(raw),
@@ -158,6 +185,50 @@ mod tests {
 
     fn norm(raw: &str) -> String {
         normalize(raw).unwrap().path.into_owned()
+    }
+
+    #[test]
+    fn the_single_pass_scan_agrees_with_the_pattern_definitions() {
+        for raw in [
+            "/",
+            "/a",
+            "/a/b/",
+            "//",
+            "/a//b",
+            "/.",
+            "/a/.",
+            "/./a",
+            "/.a",
+            "/a/.b",
+            "/..",
+            "/a/..",
+            "/../a",
+            "/..a",
+            "/a/..b",
+            "/...",
+            "/a%41",
+            "/a%2f",
+            "/a%2Fb",
+            "/%5c",
+            "/%5C",
+            "/%00",
+            "/%0",
+            "/%",
+            "/a\\b",
+            "/a?b",
+            "/a/b/c.txt",
+        ] {
+            let work = raw.contains('%')
+                || ["//", "/./", "/../"].iter().any(|p| raw.contains(p))
+                || raw.ends_with("/.")
+                || raw.ends_with("/..");
+            let ambiguous = raw.contains('\\')
+                || ["%2f", "%5c", "%00"]
+                    .iter()
+                    .any(|p| raw.to_ascii_lowercase().contains(p));
+            let s = scan(raw.as_bytes());
+            assert_eq!((s.needs_work, s.ambiguous), (work, ambiguous), "{raw}");
+        }
     }
 
     #[test]

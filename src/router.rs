@@ -17,7 +17,11 @@
 //! This module must not know what a route *does*: the payload type `T` is opaque to it.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::HashMap as StdHashMap;
+
+/// A table keyed by configured names. Requests only look up, never insert, so the unkeyed fast
+/// hash cannot be flooded into collisions from outside (SipHash was 3% of a small request).
+type HashMap<K, V> = StdHashMap<K, V, foldhash::fast::FixedState>;
 
 /// A host pattern as configured.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -76,8 +80,8 @@ pub struct RouteTable<T> {
 impl<T> Default for RouteTable<T> {
     fn default() -> Self {
         RouteTable {
-            exact: HashMap::new(),
-            prefixes: HashMap::new(),
+            exact: HashMap::default(),
+            prefixes: HashMap::default(),
         }
     }
 }
@@ -202,27 +206,48 @@ impl HostTable {
 /// Lowercases a `Host`/`:authority` value and strips the port and a trailing dot.
 /// Allocates only when the name has uppercase letters.
 pub fn normalize_host(raw: &str) -> Result<Cow<'_, str>, HostError> {
-    let raw = raw.trim();
-    let name = if let Some(rest) = raw.strip_prefix('[') {
-        // IPv6 literal: `[::1]:8080`.
-        let close = rest.find(']').ok_or(HostError::Invalid)?;
-        let after = &rest[close + 1..];
-        if !(after.is_empty() || valid_port(after.strip_prefix(':').ok_or(HostError::Invalid)?)) {
-            return Err(HostError::Invalid);
+    let raw = raw.trim_ascii();
+    if raw.starts_with('[') {
+        return normalize_ipv6_host(raw);
+    }
+    // One pass (this runs on every request): the last colon, and whether any byte is invalid
+    // or uppercase. A port is all digits, so scanning it too changes neither answer.
+    let (mut colon, mut bad, mut upper) = (None, false, false);
+    for (i, b) in raw.bytes().enumerate() {
+        match b {
+            b':' => colon = Some(i),
+            b'A'..=b'Z' => upper = true,
+            b'/' | b'@' | 0..=b' ' => bad = true,
+            _ => {}
         }
-        &raw[..close + 2]
-    } else {
-        match raw.rfind(':') {
-            Some(i) if valid_port(&raw[i + 1..]) => &raw[..i],
-            Some(_) => return Err(HostError::Invalid),
-            None => raw,
-        }
+    }
+    let name = match colon {
+        Some(i) if valid_port(&raw[i + 1..]) => &raw[..i],
+        Some(_) => return Err(HostError::Invalid),
+        None => raw,
     };
-    let name = name.strip_suffix('.').unwrap_or(name);
-    if name.is_empty() || name.bytes().any(|b| b <= b' ' || b == b'/' || b == b'@') {
+    finish_host(name, bad, upper)
+}
+
+/// An IPv6 literal: `[::1]:8080`.
+fn normalize_ipv6_host(raw: &str) -> Result<Cow<'_, str>, HostError> {
+    let rest = &raw[1..];
+    let close = rest.find(']').ok_or(HostError::Invalid)?;
+    let after = &rest[close + 1..];
+    if !(after.is_empty() || valid_port(after.strip_prefix(':').ok_or(HostError::Invalid)?)) {
         return Err(HostError::Invalid);
     }
-    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+    let name = &raw[..close + 2];
+    let bad = name.bytes().any(|b| b <= b' ' || b == b'/' || b == b'@');
+    finish_host(name, bad, name.bytes().any(|b| b.is_ascii_uppercase()))
+}
+
+fn finish_host(name: &str, bad: bool, upper: bool) -> Result<Cow<'_, str>, HostError> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() || bad {
+        return Err(HostError::Invalid);
+    }
+    if upper {
         Ok(Cow::Owned(name.to_ascii_lowercase()))
     } else {
         Ok(Cow::Borrowed(name))
