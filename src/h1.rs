@@ -123,6 +123,56 @@ pub struct Head {
 
 /// Parses a response head from the front of `buf`, taking its bytes out of it.
 /// `Ok(None)`: not all of it has arrived yet.
+/// Field offsets kept on the stack while a head is parsed; more spill to the heap.
+const INLINE_FIELDS: usize = 24;
+
+/// The name and value offsets of a parsed head's fields, `[name start, name end, value start,
+/// value end]`, relative to the buffer parsed: the buffer can then be split and the values
+/// share its bytes. On the stack for a usual head (a `Vec` here was an allocation per head).
+pub(crate) struct FieldSpans {
+    inline: [[usize; 4]; INLINE_FIELDS],
+    len: usize,
+    spilled: Vec<[usize; 4]>,
+}
+
+impl Default for FieldSpans {
+    fn default() -> Self {
+        FieldSpans {
+            inline: [[0; 4]; INLINE_FIELDS],
+            len: 0,
+            spilled: Vec::new(),
+        }
+    }
+}
+
+impl FieldSpans {
+    /// Records the fields' offsets in `buf`, whose bytes they borrow.
+    pub(crate) fn collect(&mut self, buf: &[u8], fields: &[httparse::Header<'_>]) {
+        let base = buf.as_ptr() as usize;
+        let span = |h: &httparse::Header<'_>| {
+            let name = h.name.as_ptr() as usize - base;
+            let value = h.value.as_ptr() as usize - base;
+            [name, name + h.name.len(), value, value + h.value.len()]
+        };
+        self.len = fields.len();
+        if fields.len() <= INLINE_FIELDS {
+            for (slot, h) in self.inline.iter_mut().zip(fields) {
+                *slot = span(h);
+            }
+        } else {
+            self.spilled = fields.iter().map(span).collect();
+        }
+    }
+
+    pub(crate) fn as_slice(&self) -> &[[usize; 4]] {
+        if self.len <= INLINE_FIELDS {
+            &self.inline[..self.len]
+        } else {
+            &self.spilled
+        }
+    }
+}
+
 pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<Head>, H1Error> {
     // Uninitialized slots: zeroing 128 of them cost more than the parse (callgrind).
     let mut slots =
@@ -152,21 +202,14 @@ pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<Head>, H1Error> 
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    // Offsets first: the field slices borrow `buf`, which is about to be split so that the
-    // values can share its bytes instead of being copied.
-    let base = buf.as_ptr() as usize;
-    let spans: Vec<[usize; 4]> = resp
-        .headers
-        .iter()
-        .map(|h| {
-            let name = h.name.as_ptr() as usize - base;
-            let value = h.value.as_ptr() as usize - base;
-            [name, name + h.name.len(), value, value + h.value.len()]
-        })
-        .collect();
+    // Offsets first (the field slices borrow `buf`, which is about to be split so that the
+    // values can share its bytes instead of being copied).
+    let mut spans = FieldSpans::default();
+    spans.collect(buf, resp.headers);
+    let spans = spans.as_slice();
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(spans.len());
-    for [ns, ne, vs, ve] in spans {
+    for &[ns, ne, vs, ve] in spans {
         let name =
             HeaderName::from_bytes(&head[ns..ne]).map_err(|_| H1Error::Head("bad field name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))

@@ -301,7 +301,7 @@ impl Pool {
             let mut ex = Exchange::new(head.clone(), &mut body, framing);
             let result = poll_fn(|cx| ex.poll(&mut c, cx)).await;
             let replayable = ex.replayable(&parts.method);
-            let body_sent = ex.body_done && ex.out.is_empty();
+            let body_sent = ex.body_done && ex.head.is_empty() && ex.out.is_empty();
             drop(ex);
             let resp = match result {
                 Ok(r) => r,
@@ -341,6 +341,9 @@ impl Pool {
 /// and the response head being read, all polled together, so a backend that answers before it
 /// has read the whole body (a 413, a redirect) is heard.
 struct Exchange<'a> {
+    /// The request head, until written; kept out of `out` so a bodiless request allocates no
+    /// queue.
+    head: Bytes,
     out: VecDeque<Bytes>,
     body: &'a mut UpstreamBody,
     chunked: bool,
@@ -355,7 +358,8 @@ struct Exchange<'a> {
 impl<'a> Exchange<'a> {
     fn new(head: Bytes, body: &'a mut UpstreamBody, framing: ReqFraming) -> Self {
         Exchange {
-            out: VecDeque::from([head]),
+            head,
+            out: VecDeque::new(),
             body,
             chunked: framing == ReqFraming::Chunked,
             body_done: framing == ReqFraming::None,
@@ -466,11 +470,16 @@ impl<'a> Exchange<'a> {
     /// Writes what is queued; true if anything was written.
     fn poll_write(&mut self, c: &mut Pooled, cx: &mut Context<'_>) -> bool {
         let mut progress = false;
-        while !self.out.is_empty() {
+        while !self.head.is_empty() || !self.out.is_empty() {
             let mut slices = [IoSlice::new(&[]); 8];
-            let n = self.out.len().min(slices.len());
-            for (s, b) in slices.iter_mut().zip(self.out.iter()) {
-                *s = IoSlice::new(b);
+            let mut n = 0;
+            if !self.head.is_empty() {
+                slices[0] = IoSlice::new(&self.head);
+                n = 1;
+            }
+            for b in self.out.iter().take(slices.len() - n) {
+                slices[n] = IoSlice::new(b);
+                n += 1;
             }
             match Pin::new(&mut c.io).poll_write_vectored(cx, &slices[..n]) {
                 Poll::Ready(Ok(0)) => {
@@ -479,6 +488,12 @@ impl<'a> Exchange<'a> {
                 }
                 Poll::Ready(Ok(mut written)) => {
                     progress = true;
+                    if !self.head.is_empty() {
+                        let k = written.min(self.head.len());
+                        self.head.advance(k);
+                        written -= k;
+                        self.head_written = self.head.is_empty();
+                    }
                     while written > 0 {
                         let Some(front) = self.out.front_mut() else {
                             break;
@@ -488,7 +503,6 @@ impl<'a> Exchange<'a> {
                         written -= k;
                         if front.is_empty() {
                             self.out.pop_front();
-                            self.head_written = true;
                         }
                     }
                 }

@@ -327,19 +327,19 @@ async fn handle(
         return Ok(redirect_to_https(&cx, req.uri(), status));
     }
 
-    let normalized = crate::path::normalize(req.uri().path())?;
+    // Routing borrows the target from its own handle (a reference count, not a copy), so the
+    // request can move on while the matched prefix and the rest of the path are slices of it.
+    let uri = req.uri().clone();
+    let normalized = crate::path::normalize(uri.path())?;
     let (route, prefix) = site
         .routes
         .lookup(&normalized.path)
         .ok_or(ProxyError::NoRoute)?;
     *matched = Some(route.clone());
     let route = route.clone();
-    let prefix = prefix.to_owned();
-    let ambiguous = normalized.ambiguous;
-    let stripped = normalized.path.get(prefix.len()..).map(str::to_owned);
-    drop(normalized);
+    let stripped = normalized.path.get(prefix.len()..);
 
-    let mut resp = dispatch(req, &cx, &route, &prefix, stripped, ambiguous).await?;
+    let mut resp = dispatch(req, &cx, &route, prefix, stripped, normalized.ambiguous).await?;
 
     route.options.response_headers.apply(resp.headers_mut());
     if let (true, Some(hsts)) = (conn.tls, &site.hsts) {
@@ -355,7 +355,7 @@ pub(crate) async fn dispatch(
     cx: &Ctx<'_>,
     route: &Arc<Route>,
     prefix: &str,
-    stripped: Option<String>,
+    stripped: Option<&str>,
     ambiguous: bool,
 ) -> Result<Response<Body>, ProxyError> {
     match &route.target {
@@ -389,7 +389,7 @@ pub(crate) async fn dispatch(
         // The Clerk and static handlers are boxed: their states are larger than an upstream
         // call's, and every request would otherwise carry (and copy) room for them.
         Target::Clerk(c) => {
-            let stripped = stripped.as_deref().unwrap_or("");
+            let stripped = stripped.unwrap_or("");
             Ok(Box::pin(crate::clerk::handle(req, cx, route, c, prefix, stripped)).await)
         }
         Target::Static(s) => {
@@ -436,7 +436,7 @@ async fn to_upstream(
     route: &Route,
     up: &Upstream,
     prefix: &str,
-    stripped: Option<String>,
+    stripped: Option<&str>,
 ) -> Result<Response<Body>, ProxyError> {
     let opts = &route.options;
     let server_limits = &cx.snap.config.server.limits;
@@ -451,7 +451,7 @@ async fn to_upstream(
     let strip = opts.strip_prefix && prefix != "/";
     let mut pq = String::new();
     if strip {
-        let rest = stripped.as_deref().unwrap_or("");
+        let rest = stripped.unwrap_or("");
         pq.push_str(if rest.is_empty() { "/" } else { rest });
     } else {
         pq.push_str(req.uri().path());

@@ -222,7 +222,7 @@ pub(crate) async fn handle(
     route: &Route,
     target: &Arc<StaticTarget>,
     prefix: &str,
-    stripped: Option<String>,
+    stripped: Option<&str>,
     ambiguous: bool,
 ) -> Result<Response<Body>, ProxyError> {
     let cfg = &target.config;
@@ -231,7 +231,7 @@ pub(crate) async fn handle(
     }
     let normalized = crate::path::normalize(req.uri().path())?.path.into_owned();
     let rel_source = if route.options.strip_prefix && prefix != "/" {
-        stripped.clone().unwrap_or_default()
+        stripped.unwrap_or_default().to_owned()
     } else {
         normalized.clone()
     };
