@@ -264,7 +264,6 @@ fn push_ip(buf: &mut String, ip: IpAddr) {
 /// from anyone else every forwarding header is replaced.
 pub fn set_forwarding_headers(headers: &mut HeaderMap, hop: &Hop<'_>, stripped: Option<&str>) {
     let peer = hop.peer.to_canonical();
-    let mut ip_buf = String::with_capacity(48);
     if hop.peer_trusted {
         let mut chain = String::new();
         for v in headers.get_all(&X_FORWARDED_FOR) {
@@ -296,6 +295,7 @@ pub fn set_forwarding_headers(headers: &mut HeaderMap, hop: &Hop<'_>, stripped: 
             if hop.client_ip == peer {
                 headers.insert(&X_REAL_IP, hop.peer_value.clone());
             } else {
+                let mut ip_buf = String::with_capacity(48);
                 push_ip(&mut ip_buf, hop.client_ip);
                 insert_str(headers, &X_REAL_IP, &ip_buf);
             }

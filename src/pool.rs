@@ -295,10 +295,9 @@ impl Pool {
         let mut head = Vec::with_capacity(512);
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         h1::encode_request_head(&mut head, &parts.method, pq, &parts.headers, framing);
-        let head = Bytes::from(head);
         loop {
             let mut c = self.checkout().await?;
-            let mut ex = Exchange::new(head.clone(), &mut body, framing);
+            let mut ex = Exchange::new(&head, &mut body, framing);
             let result = poll_fn(|cx| ex.poll(&mut c, cx)).await;
             let replayable = ex.replayable(&parts.method);
             let body_sent = ex.body_done && ex.head.is_empty() && ex.out.is_empty();
@@ -342,8 +341,8 @@ impl Pool {
 /// has read the whole body (a 413, a redirect) is heard.
 struct Exchange<'a> {
     /// The request head, until written; kept out of `out` so a bodiless request allocates no
-    /// queue.
-    head: Bytes,
+    /// queue (and borrowed: turning it into `Bytes` cost an allocation).
+    head: &'a [u8],
     out: VecDeque<Bytes>,
     body: &'a mut UpstreamBody,
     chunked: bool,
@@ -356,7 +355,7 @@ struct Exchange<'a> {
 }
 
 impl<'a> Exchange<'a> {
-    fn new(head: Bytes, body: &'a mut UpstreamBody, framing: ReqFraming) -> Self {
+    fn new(head: &'a [u8], body: &'a mut UpstreamBody, framing: ReqFraming) -> Self {
         Exchange {
             head,
             out: VecDeque::new(),
@@ -474,7 +473,7 @@ impl<'a> Exchange<'a> {
             let mut slices = [IoSlice::new(&[]); 8];
             let mut n = 0;
             if !self.head.is_empty() {
-                slices[0] = IoSlice::new(&self.head);
+                slices[0] = IoSlice::new(self.head);
                 n = 1;
             }
             for b in self.out.iter().take(slices.len() - n) {
@@ -490,7 +489,7 @@ impl<'a> Exchange<'a> {
                     progress = true;
                     if !self.head.is_empty() {
                         let k = written.min(self.head.len());
-                        self.head.advance(k);
+                        self.head = &self.head[k..];
                         written -= k;
                         self.head_written = self.head.is_empty();
                     }

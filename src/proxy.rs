@@ -59,9 +59,9 @@ pub(crate) struct Ctx<'a> {
     pub conn: &'a ConnInfo,
     pub snap: &'a Snapshot,
     /// The Host (or `:authority`) as the client sent it, port included.
-    pub host: HeaderValue,
-    /// The host name lowercased, without port.
-    pub host_name: String,
+    pub host: &'a HeaderValue,
+    /// The host name lowercased, without port (borrowed from `host` unless it had capitals).
+    pub host_name: std::borrow::Cow<'a, str>,
     pub client_ip: IpAddr,
     pub peer_trusted: bool,
 }
@@ -78,7 +78,7 @@ impl Ctx<'_> {
             peer_trusted: self.peer_trusted,
             client_ip: self.client_ip,
             proto: self.conn.scheme(),
-            host: &self.host,
+            host: self.host,
         }
     }
 }
@@ -296,10 +296,8 @@ async fn handle(
         },
     };
     let host_name = match host.to_str().ok().filter(|s| !s.is_empty()) {
-        Some(h) => normalize_host(h)
-            .map_err(|_| ProxyError::BadHost)?
-            .into_owned(),
-        None if host.is_empty() => String::new(),
+        Some(h) => normalize_host(h).map_err(|_| ProxyError::BadHost)?,
+        None if host.is_empty() => std::borrow::Cow::Borrowed(""),
         None => return Err(ProxyError::BadHost),
     };
     let site_idx = snap.hosts.lookup(&host_name).ok_or(ProxyError::NoSite)?;
@@ -317,7 +315,7 @@ async fn handle(
     let cx = Ctx {
         conn,
         snap,
-        host,
+        host: &host,
         host_name,
         client_ip,
         peer_trusted,
@@ -449,14 +447,17 @@ async fn to_upstream(
 
     // The path the backend gets: the original bytes, or the normalized rest after the prefix.
     let strip = opts.strip_prefix && prefix != "/";
-    let mut pq = String::new();
-    if strip {
-        let rest = stripped.unwrap_or("");
-        pq.push_str(if rest.is_empty() { "/" } else { rest });
-    } else {
-        pq.push_str(req.uri().path());
-    }
-    if let Some(q) = req.uri().query() {
+    let path = match stripped {
+        Some(rest) if strip && !rest.is_empty() => rest,
+        _ if strip => "/",
+        _ => req.uri().path(),
+    };
+    let query = req.uri().query();
+    // Exactly sized: the string becomes the request target's bytes without a copy, which an
+    // oversized buffer would cost (an allocation).
+    let mut pq = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
+    pq.push_str(path);
+    if let Some(q) = query {
         pq.push('?');
         pq.push_str(q);
     }
@@ -651,9 +652,16 @@ pub(crate) async fn forward(
             }
             _ => UpstreamBody::empty(),
         };
-        let mut pq = String::with_capacity(backend.url.base_path.len() + out.path_and_query.len());
-        pq.push_str(&backend.url.base_path);
-        pq.push_str(&out.path_and_query);
+        let pq = if backend.url.base_path.is_empty() && !can_retry {
+            // Sent once: the path is used as it is.
+            std::mem::take(&mut out.path_and_query)
+        } else {
+            let mut pq =
+                String::with_capacity(backend.url.base_path.len() + out.path_and_query.len());
+            pq.push_str(&backend.url.base_path);
+            pq.push_str(&out.path_and_query);
+            pq
+        };
         let pq = PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq))
             .map_err(|_| ProxyError::BadPath(crate::path::PathError::BadEscape))?;
         // The pool writes the request line as given (origin-form); hyper-util's client wants
