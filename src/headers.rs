@@ -76,65 +76,52 @@ pub fn has_token(value: &HeaderValue, token: &str) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
-/// Removes every header whose name `pred` selects, in one pass over the names (most requests
-/// carry none of them, and a `remove` per candidate name costs a hash each).
+/// Removes every header whose name `pred` selects. Most requests carry none of them (one pass
+/// over the names, no hashing) and the rest one or two: a pass per removal costs less than
+/// collecting the names into a list (an allocation).
 fn remove_where(headers: &mut HeaderMap, pred: impl Fn(&HeaderName) -> bool) {
-    if !headers.keys().any(&pred) {
-        return;
-    }
-    let names: Vec<HeaderName> = headers.keys().filter(|k| pred(k)).cloned().collect();
-    for name in names {
-        headers.remove(name);
+    while let Some(name) = headers.keys().find(|k| pred(k)).cloned() {
+        headers.remove(&name);
     }
 }
 
-/// Removes hop-by-hop headers: first every name listed in `Connection`, then the fixed set.
+/// Removes hop-by-hop headers: every name listed in `Connection` (RFC 9110 §7.6.1) and the
+/// fixed set, in one removal pass.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> HopInfo {
     if !headers.keys().any(is_hop_by_hop) {
         return HopInfo::default();
     }
-    let mut info = HopInfo {
-        te_trailers: headers
-            .get_all(header::TE)
-            .iter()
-            .any(|v| has_token(v, "trailers")),
-        upgrade: None,
-    };
-    let connection_upgrade = headers
-        .get_all(header::CONNECTION)
+    let te_trailers = headers
+        .get_all(header::TE)
         .iter()
-        .any(|v| has_token(v, "upgrade"));
-    if connection_upgrade {
-        info.upgrade = headers.get(header::UPGRADE).cloned();
-    }
-    // Names listed in Connection (RFC 9110 §7.6.1). Collected first: we cannot remove while
-    // borrowing the Connection values.
+        .any(|v| has_token(v, "trailers"));
     let mut listed: Vec<HeaderName> = Vec::new();
-    let mut close_listed = false;
+    let (mut close_listed, mut upgrade_listed) = (false, false);
     for value in headers.get_all(header::CONNECTION) {
         for token in value.as_bytes().split(|&b| b == b',') {
             let token = token.trim_ascii();
-            // `close` (sent by every `Connection: close` client) and `keep-alive` (in the fixed
-            // set below) are removed by static name: no name parsed and allocated per request.
+            // `close` (sent by every `Connection: close` client), `upgrade` and `keep-alive`
+            // (both in the fixed set) are matched as text: no name parsed and allocated.
             if token.eq_ignore_ascii_case(b"close") {
                 close_listed = true;
-                continue;
-            }
-            if token.is_empty() || token.eq_ignore_ascii_case(b"keep-alive") {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(token) {
-                listed.push(name);
+            } else if token.eq_ignore_ascii_case(b"upgrade") {
+                upgrade_listed = true;
+            } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                if let Ok(name) = HeaderName::from_bytes(token) {
+                    listed.push(name);
+                }
             }
         }
     }
-    for name in listed {
-        headers.remove(name);
-    }
-    if close_listed {
-        headers.remove("close");
-    }
-    remove_where(headers, is_hop_by_hop);
+    let info = HopInfo {
+        te_trailers,
+        upgrade: upgrade_listed
+            .then(|| headers.get(header::UPGRADE).cloned())
+            .flatten(),
+    };
+    remove_where(headers, |k| {
+        is_hop_by_hop(k) || (close_listed && k.as_str() == "close") || listed.contains(k)
+    });
     info
 }
 

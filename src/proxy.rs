@@ -708,12 +708,17 @@ pub(crate) async fn forward(
                     .map_err(SendFailure::Client),
             }
         };
-        let result = tokio::select! {
-            biased;
-            r = send => r,
-            _ = timer => {
-                crate::metrics::upstream_error(&backend.label, "timeout");
-                return Err(ProxyError::UpstreamTimeout { backend: backend.label.to_string(), timeout_ms: response_timeout.as_millis() });
+        // Pinned in place: `select!` would otherwise move both futures, at their full size
+        // (an unstarted future is as large as its largest state: 2 KiB per request, copied).
+        let result = {
+            tokio::pin!(send, timer);
+            tokio::select! {
+                biased;
+                r = &mut send => r,
+                _ = &mut timer => {
+                    crate::metrics::upstream_error(&backend.label, "timeout");
+                    return Err(ProxyError::UpstreamTimeout { backend: backend.label.to_string(), timeout_ms: response_timeout.as_millis() });
+                }
             }
         };
         match result {
