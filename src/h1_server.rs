@@ -329,14 +329,28 @@ async fn write_response<T: AsyncWrite + Unpin>(
 ) -> io::Result<bool> {
     let (parts, mut body) = resp.into_parts();
     let status = parts.status;
-    if parts
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|v| crate::headers::has_token(v, "close"))
-    {
-        keep_alive = false;
+    // One walk over the fields for what framing needs (three lookups hashed each name).
+    let (mut declared, mut has_date) = (None, false);
+    for (name, value) in &parts.headers {
+        if name == header::CONNECTION {
+            if crate::headers::has_token(value, "close") {
+                keep_alive = false;
+            }
+        } else if name == header::CONTENT_LENGTH {
+            // The first value, as a lookup would give.
+            declared = declared.or_else(|| {
+                Some(
+                    value
+                        .to_str()
+                        .ok()
+                        .and_then(|v| v.trim().parse::<u64>().ok()),
+                )
+            });
+        } else if name == header::DATE {
+            has_date = true;
+        }
     }
+    let declared = declared.flatten();
     // RFC 9112 §6.3: no body after HEAD, 1xx, 204, 304.
     let bodiless = head_only
         || status.is_informational()
@@ -344,11 +358,6 @@ async fn write_response<T: AsyncWrite + Unpin>(
         || status == StatusCode::NOT_MODIFIED;
     // The length: the header's when the response has one (a static file knows its size; its
     // streamed body does not), else the body's when it is known.
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
     let length = declared.or_else(|| body.size_hint().exact());
     let chunked = !bodiless && length.is_none() && req_version == Version::HTTP_11;
     if !bodiless && length.is_none() && req_version == Version::HTTP_10 {
@@ -389,7 +398,7 @@ async fn write_response<T: AsyncWrite + Unpin>(
             None => {}
         }
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !has_date {
         push_field(&mut out, b"date", date().as_bytes());
     }
     if !keep_alive {

@@ -127,7 +127,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> HopInfo {
 
 /// Drops header names containing `_` (nginx's `underscores_in_headers off`).
 pub fn drop_underscore_headers(headers: &mut HeaderMap) {
-    remove_where(headers, |k| k.as_str().contains('_'));
+    remove_where(headers, |k| k.as_str().bytes().any(|b| b == b'_'));
 }
 
 /// Removes `Clerk-Secret-Key` and `Clerk-Proxy-Url` sent by a client: only the Clerk route may

@@ -443,7 +443,10 @@ async fn to_upstream(
     {
         return Err(ProxyError::HeadersTooLarge);
     }
-    check_content_length(req.headers(), opts.limits.max_body)?;
+    if !req.body().is_end_stream() {
+        // A request without a body (the fast path's) has no length to check.
+        check_content_length(req.headers(), opts.limits.max_body)?;
+    }
 
     // The path the backend gets: the original bytes, or the normalized rest after the prefix.
     let strip = opts.strip_prefix && prefix != "/";
@@ -467,8 +470,9 @@ async fn to_upstream(
 
     let (parts, body) = req.into_parts();
     let mut h = parts.headers;
-    // An h2 client sends `:authority`, not Host: the h1 upstream needs a Host header.
-    if !h.contains_key(header::HOST) && !cx.host.is_empty() {
+    // An h2 client sends `:authority`, not Host: the h1 upstream needs a Host header. (Without
+    // an authority in the target, `cx.host` is the Host header itself: no lookup needed.)
+    if parts.uri.authority().is_some() && !h.contains_key(header::HOST) && !cx.host.is_empty() {
         h.insert(header::HOST, cx.host.clone());
     }
     let hop = headers::strip_hop_by_hop(&mut h);
