@@ -25,7 +25,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -294,7 +294,7 @@ fn parse(buf: &mut BytesMut) -> Result<Option<(Request<ReqBody>, bool)>, Handove
     let head = buf.split_to(len).freeze();
     let built = (|| {
         let spans = spans.as_slice();
-        let mut headers = HeaderMap::with_capacity(spans.len() + FORWARDING_ROOM);
+        let mut headers = crate::h1::header_map(spans.len() + FORWARDING_ROOM);
         for &[ns, ne, vs, ve] in spans {
             let name = HeaderName::from_bytes(&head[ns..ne]).ok()?;
             let value = HeaderValue::from_maybe_shared(head.slice(vs..ve)).ok()?;
@@ -388,12 +388,16 @@ async fn write_response<T: AsyncWrite + Unpin>(
         push_field(
             &mut out,
             b"content-length",
-            length.unwrap_or(0).to_string().as_bytes(),
+            crate::h1::decimal(length.unwrap_or(0), &mut [0; 20]),
         );
     }
     if !bodiless {
         match length {
-            Some(n) => push_field(&mut out, b"content-length", n.to_string().as_bytes()),
+            Some(n) => push_field(
+                &mut out,
+                b"content-length",
+                crate::h1::decimal(n, &mut [0; 20]),
+            ),
             None if chunked => push_field(&mut out, b"transfer-encoding", b"chunked"),
             None => {}
         }
@@ -407,6 +411,7 @@ async fn write_response<T: AsyncWrite + Unpin>(
         push_field(&mut out, b"connection", b"keep-alive");
     }
     out.extend_from_slice(b"\r\n");
+    crate::h1::recycle_map(parts.headers);
     if bodiless {
         drop(body);
         write_all(io, &mut [IoSlice::new(&out)]).await?;

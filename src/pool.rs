@@ -290,11 +290,12 @@ impl Pool {
         self: &Arc<Self>,
         req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
-        let (parts, mut body) = req.into_parts();
+        let (mut parts, mut body) = req.into_parts();
         let framing = h1::request_framing(body.is_end_stream(), body.size_hint().exact());
         let mut head = Vec::with_capacity(512);
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         h1::encode_request_head(&mut head, &parts.method, pq, &parts.headers, framing);
+        h1::recycle_map(std::mem::take(&mut parts.headers));
         loop {
             let mut c = self.checkout().await?;
             let mut ex = Exchange::new(&head, &mut body, framing);
