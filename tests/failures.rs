@@ -96,6 +96,54 @@ async fn a_backend_that_never_answers_is_504_after_the_response_timeout() {
 }
 
 #[tokio::test]
+async fn a_reused_backend_connection_times_each_request_from_its_own_start() {
+    // The first answer takes 200 ms of a 300 ms timeout; the second never comes. The pooled
+    // connection's timer, set for the first request, must not end the second one early, and a
+    // timeout is not retried on a new connection.
+    let slow_hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let hang = Arc::new(Notify::new());
+    let (hits, hang2) = (slow_hits.clone(), hang.clone());
+    let b = backend_with(Arc::new(move |req| {
+        let (hits, hang) = (hits.clone(), hang2.clone());
+        Box::pin(async move {
+            if req.uri().path() == "/slow" {
+                hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                hang.notified().await;
+            } else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Response::new(full("ok"))
+        })
+    }))
+    .await;
+    let gw = gateway(&site(
+        &format!("\"{}\"", b.url()),
+        "response_timeout = \"300ms\"",
+        "",
+    ))
+    .await;
+    assert_eq!(
+        get(gw.http(), "app.example.com", "/first").await.status,
+        200
+    );
+    let started = std::time::Instant::now();
+    let r = get(gw.http(), "app.example.com", "/slow").await;
+    assert_eq!(r.status, 504);
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "timed out after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(slow_hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        b.conns.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the second request did not reuse the connection"
+    );
+    hang.notify_waiters();
+}
+
+#[tokio::test]
 async fn a_per_route_response_timeout_overrides_the_server_one() {
     let hang = Arc::new(Notify::new());
     let hang2 = hang.clone();
