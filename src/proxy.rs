@@ -693,35 +693,35 @@ pub(crate) async fn forward(
         // A bodiless request on a pooled connection is timed by the pool, with a timer the
         // connection keeps (a new timer per request was 3% of a small request's instructions).
         let pool_times_it = bodiless && pool.is_some();
-        let timer = async {
-            if pool_times_it {
-                return std::future::pending().await;
-            }
-            if let Some(rx) = finished_rx {
-                let _ = rx.await;
-            }
-            tokio::time::sleep(response_timeout).await;
-        };
         let active = crate::metrics::ActiveUpstream::start(&backend.active);
-        let send = async {
-            match pool {
-                Some(p) => p
-                    .send(req, pool_times_it.then_some(response_timeout))
-                    .await
-                    .map(|r| r.map(UpResp::Pooled))
-                    .map_err(SendFailure::Pool),
-                None => up
-                    .client
-                    .request(req)
-                    .await
-                    .map(|r| r.map(UpResp::Legacy))
-                    .map_err(SendFailure::Client),
-            }
-        };
-        // Pinned in place: `select!` would otherwise move both futures, at their full size
-        // (an unstarted future is as large as its largest state: 2 KiB per request, copied).
+        // Both futures are built where they are pinned: `select!` would move them into its
+        // own state, and a move is a copy at their full size (an unstarted future is as large
+        // as its largest state: 2 KiB per request).
         let result = {
-            tokio::pin!(send, timer);
+            let mut timer = std::pin::pin!(async {
+                if pool_times_it {
+                    return std::future::pending().await;
+                }
+                if let Some(rx) = finished_rx {
+                    let _ = rx.await;
+                }
+                tokio::time::sleep(response_timeout).await;
+            });
+            let mut send = std::pin::pin!(async {
+                match pool {
+                    Some(p) => p
+                        .send(req, pool_times_it.then_some(response_timeout))
+                        .await
+                        .map(|r| r.map(UpResp::Pooled))
+                        .map_err(SendFailure::Pool),
+                    None => up
+                        .client
+                        .request(req)
+                        .await
+                        .map(|r| r.map(UpResp::Legacy))
+                        .map_err(SendFailure::Client),
+                }
+            });
             tokio::select! {
                 biased;
                 r = &mut send => r,

@@ -58,6 +58,9 @@ pub struct Activity {
     h2: AtomicBool,
     /// The first read (4+ bytes) has been looked at for the h2 preface.
     seen: AtomicBool,
+    /// hyper serves the connection, and the watchdog in `run` reads these times. The fast path
+    /// keeps its own timers: it skips the clock reads (two per request).
+    watched: AtomicBool,
 }
 
 impl Activity {
@@ -69,7 +72,20 @@ impl Activity {
             head_started: AtomicU64::new(0),
             h2: AtomicBool::new(h2),
             seen: AtomicBool::new(h2),
+            watched: AtomicBool::new(h2),
         }
+    }
+
+    /// hyper takes the connection over from the fast path, with a request head begun.
+    pub fn watch(&self) {
+        let now = self.now_ms();
+        self.idle_since.store(now, Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Relaxed) == 0 {
+            self.head_started.store(now + 1, Ordering::Relaxed);
+        }
+        // The protocol is known (HTTP/1): no later read is taken for an h2 preface.
+        self.seen.store(true, Ordering::Relaxed);
+        self.watched.store(true, Ordering::Relaxed);
     }
 
     fn now_ms(&self) -> u64 {
@@ -77,7 +93,7 @@ impl Activity {
     }
 
     fn on_read(&self, bytes: &[u8]) {
-        if self.h2.load(Ordering::Relaxed) {
+        if self.h2.load(Ordering::Relaxed) || !self.watched.load(Ordering::Relaxed) {
             return;
         }
         // The first 4+ bytes tell an h2c prior-knowledge client from HTTP/1 (a slowloris that
@@ -141,7 +157,9 @@ impl ActivityGuard {
 impl Drop for ActivityGuard {
     fn drop(&mut self) {
         let a = &self.0;
-        a.idle_since.store(a.now_ms(), Ordering::Relaxed);
+        if a.watched.load(Ordering::Relaxed) {
+            a.idle_since.store(a.now_ms(), Ordering::Relaxed);
+        }
         a.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -595,7 +613,10 @@ where
     {
         crate::h1_server::Next::Closed => return None,
         crate::h1_server::Next::Park { io, until } => return Some((io.inner, until)),
-        crate::h1_server::Next::Hyper(io) => io,
+        crate::h1_server::Next::Hyper(io) => {
+            conn.activity.watch();
+            io
+        }
     };
     let served = {
         let http = h1_builder(max_header)
