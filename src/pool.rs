@@ -303,8 +303,9 @@ impl Pool {
         }))
     }
 
-    /// A live connection: an idle one that is still open, or a new one.
-    async fn checkout(&self) -> Result<Box<Pooled>, SendError> {
+    /// A live connection: an idle one that is still open, or a new one, made by `deadline` (the
+    /// response deadline counts the connecting too, as it does for the caller's own timer).
+    async fn checkout(&self, deadline: Option<Instant>) -> Result<Box<Pooled>, SendError> {
         while let Some(mut c) = self.take_idle() {
             // Read once: a connection the backend closed (or wrote to) while idle is dropped.
             let alive = poll_fn(|cx| Poll::Ready(c.poll_fill(cx).is_pending())).await;
@@ -312,7 +313,12 @@ impl Pool {
                 return Ok(c);
             }
         }
-        self.connect().await
+        match deadline {
+            Some(d) => tokio::time::timeout_at(d.into(), self.connect())
+                .await
+                .map_err(|_| SendError::Timeout)?,
+            None => self.connect().await,
+        }
     }
 
     /// Sends `req`; returns the response with the connection riding in its body. With a
@@ -332,7 +338,7 @@ impl Pool {
         h1::encode_request_head(&mut head, &parts.method, pq, &parts.headers, framing);
         h1::recycle_map(std::mem::take(&mut parts.headers));
         loop {
-            let mut c = self.checkout().await?;
+            let mut c = self.checkout(deadline).await?;
             let mut ex = Exchange::new(&head, &mut body, framing);
             let result = poll_fn(|cx| match ex.poll(&mut c, cx) {
                 Poll::Pending if deadline.is_some_and(|d| c.poll_timed_out(cx, d)) => {
