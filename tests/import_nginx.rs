@@ -552,7 +552,26 @@ impl Drop for Nginx {
     }
 }
 
+/// Real nginx on free ports. A port found free can be taken by another test before nginx binds
+/// it; nginx then exits, and whatever took the port would answer in its place (a comparison
+/// against the wrong server). So nginx counts as started only once it has written its pid file,
+/// which it does after binding every listen socket; if it exits first, it is tried again on
+/// other ports.
 async fn start_nginx(name: &str, file: &str, backends: &Backends, listen_ports: &[u16]) -> Nginx {
+    for _ in 0..5 {
+        if let Some(n) = try_start_nginx(name, file, backends, listen_ports).await {
+            return n;
+        }
+    }
+    panic!("nginx did not start on free ports in five tries");
+}
+
+async fn try_start_nginx(
+    name: &str,
+    file: &str,
+    backends: &Backends,
+    listen_ports: &[u16],
+) -> Option<Nginx> {
     let dir = tempfile::tempdir().unwrap();
     copy_tree(&fixture(name), dir.path());
     let mut ports = HashMap::new();
@@ -621,7 +640,24 @@ async fn start_nginx(name: &str, file: &str, backends: &Backends, listen_ports: 
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let n = Nginx { child, dir, ports };
+    let mut n = Nginx { child, dir, ports };
+    let pid_file = n.dir.path().join("nginx.pid");
+    let bound = within("nginx to bind its ports or exit", async {
+        loop {
+            if pid_file.exists() {
+                return true;
+            }
+            if n.child.try_wait().ok().flatten().is_some() {
+                return false;
+            }
+            // Polling: nginx has no readiness signal to wait on.
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    if !bound {
+        return None;
+    }
     for port in n.ports.values() {
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         within("nginx to listen", async {
@@ -635,7 +671,7 @@ async fn start_nginx(name: &str, file: &str, backends: &Backends, listen_ports: 
         })
         .await;
     }
-    n
+    Some(n)
 }
 
 /// Location with scheme, host and port removed: nginx makes relative redirects absolute
