@@ -330,7 +330,7 @@ async fn write_response<T: AsyncWrite + Unpin>(
     let (parts, mut body) = resp.into_parts();
     let status = parts.status;
     // One walk over the fields for what framing needs (three lookups hashed each name).
-    let (mut declared, mut has_date) = (None, false);
+    let (mut length_field, mut has_date) = (None, false);
     for (name, value) in &parts.headers {
         if name == header::CONNECTION {
             if crate::headers::has_token(value, "close") {
@@ -338,19 +338,14 @@ async fn write_response<T: AsyncWrite + Unpin>(
             }
         } else if name == header::CONTENT_LENGTH {
             // The first value, as a lookup would give.
-            declared = declared.or_else(|| {
-                Some(
-                    value
-                        .to_str()
-                        .ok()
-                        .and_then(|v| v.trim().parse::<u64>().ok()),
-                )
-            });
+            length_field.get_or_insert(value);
         } else if name == header::DATE {
             has_date = true;
         }
     }
-    let declared = declared.flatten();
+    let declared = length_field
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
     // RFC 9112 §6.3: no body after HEAD, 1xx, 204, 304.
     let bodiless = head_only
         || status.is_informational()
@@ -424,9 +419,7 @@ async fn write_response<T: AsyncWrite + Unpin>(
         match ready_now(&mut body) {
             Ready::Whole(data) => {
                 if data.len() as u64 != n {
-                    return Err(io::Error::other(
-                        "response body length differs from Content-Length",
-                    ));
+                    return Err(length_mismatch());
                 }
                 out.extend_from_slice(&data);
                 write_all(io, &mut [IoSlice::new(&out)]).await?;
@@ -486,11 +479,7 @@ async fn write_response<T: AsyncWrite + Unpin>(
             }
         }
         if length.is_some_and(|n| sent > n || (end && sent < n)) {
-            // A body that does not match its length would desynchronise the connection: end it
-            // here, as hyper does, and the client sees a short response.
-            return Err(io::Error::other(
-                "response body length differs from Content-Length",
-            ));
+            return Err(length_mismatch());
         }
         if end && chunked {
             pieces.push(Bytes::from_static(b"0\r\n\r\n"));
@@ -508,6 +497,12 @@ async fn write_response<T: AsyncWrite + Unpin>(
     }
     io.flush().await?;
     Ok(keep_alive)
+}
+
+/// A body that does not match its declared length would desynchronise the connection: it is
+/// ended there, as hyper does, and the client sees a short response.
+fn length_mismatch() -> io::Error {
+    io::Error::other("response body length differs from Content-Length")
 }
 
 /// What a response body has ready without waiting.

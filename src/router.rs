@@ -17,11 +17,11 @@
 //! This module must not know what a route *does*: the payload type `T` is opaque to it.
 
 use std::borrow::Cow;
-use std::collections::HashMap as StdHashMap;
+use std::collections::HashMap;
 
 /// A table keyed by configured names. Requests only look up, never insert, so the unkeyed fast
 /// hash cannot be flooded into collisions from outside (SipHash was 3% of a small request).
-type HashMap<K, V> = StdHashMap<K, V, foldhash::fast::FixedState>;
+type Table<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 
 /// A host pattern as configured.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -73,15 +73,15 @@ impl std::fmt::Display for PathMatch {
 /// The routes of one site.
 #[derive(Debug, Clone)]
 pub struct RouteTable<T> {
-    exact: HashMap<Box<str>, T>,
-    prefixes: HashMap<Box<str>, T>,
+    exact: Table<Box<str>, T>,
+    prefixes: Table<Box<str>, T>,
 }
 
 impl<T> Default for RouteTable<T> {
     fn default() -> Self {
         RouteTable {
-            exact: HashMap::default(),
-            prefixes: HashMap::default(),
+            exact: Table::default(),
+            prefixes: Table::default(),
         }
     }
 }
@@ -152,8 +152,8 @@ pub enum HostError {
 /// Host → site index.
 #[derive(Debug, Clone, Default)]
 pub struct HostTable {
-    exact: HashMap<Box<str>, usize>,
-    wildcard: HashMap<Box<str>, usize>,
+    exact: Table<Box<str>, usize>,
+    wildcard: Table<Box<str>, usize>,
     default: Option<usize>,
 }
 

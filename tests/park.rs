@@ -32,14 +32,19 @@ async fn gauge(admin: SocketAddr, name: &str) -> f64 {
         .sum()
 }
 
-/// Waits (polling the admin endpoint) until `n` connections are parked.
-async fn parked(admin: SocketAddr, n: f64) {
-    within("the parked-connections gauge", async {
-        while gauge(admin, "gatehouse_parked_connections").await != n {
+/// Waits (polling the admin endpoint) until the gauge `name` reads `n`.
+async fn gauge_reaches(admin: SocketAddr, name: &str, n: f64) {
+    within(name, async {
+        while gauge(admin, name).await != n {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
     .await;
+}
+
+/// Waits until `n` connections are parked.
+async fn parked(admin: SocketAddr, n: f64) {
+    gauge_reaches(admin, "gatehouse_parked_connections", n).await;
 }
 
 /// A keep-alive client connection to the gateway.
@@ -129,12 +134,7 @@ async fn a_client_that_goes_away_leaves_the_lot() {
     parked(admin, 1.0).await;
     drop(c);
     parked(admin, 0.0).await;
-    within("the open-connections gauge", async {
-        while gauge(admin, "gatehouse_open_connections").await != open_before {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    gauge_reaches(admin, "gatehouse_open_connections", open_before).await;
 }
 
 #[tokio::test]
