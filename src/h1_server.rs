@@ -262,7 +262,9 @@ fn parse(buf: &mut BytesMut) -> Result<Option<(Request<ReqBody>, bool)>, Handove
     if method == Method::CONNECT || !path.starts_with('/') {
         return Err(Handover);
     }
-    let mut keep_alive = version == Version::HTTP_11;
+    // RFC 9112 §9.3: `close` ends the connection wherever it appears; an HTTP/1.0 client must
+    // ask to keep it.
+    let (mut close, mut asked) = (false, false);
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -275,17 +277,14 @@ fn parse(buf: &mut BytesMut) -> Result<Option<(Request<ReqBody>, bool)>, Handove
         {
             return Err(Handover);
         } else if name.eq_ignore_ascii_case(b"connection") {
-            // RFC 9112 §9.3: `close` ends it; an HTTP/1.0 client must ask to keep it.
             for token in h.value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    keep_alive = false;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
-                    keep_alive = true;
-                }
+                close |= token.eq_ignore_ascii_case(b"close");
+                asked |= token.eq_ignore_ascii_case(b"keep-alive");
             }
         }
     }
+    let keep_alive = !close && (version == Version::HTTP_11 || asked);
     // The values share the head's bytes, as hyper's do: offsets first, then split it off.
     let mut spans = crate::h1::FieldSpans::default();
     spans.collect(buf, req.headers);
@@ -676,6 +675,20 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(asked.1);
+    }
+
+    #[test]
+    fn close_wins_over_keep_alive_in_any_order() {
+        // RFC 9112 §9.3: a `close` option means the connection closes after this response.
+        for raw in [
+            "GET / HTTP/1.0\r\nConnection: close, keep-alive\r\n\r\n",
+            "GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n",
+            "GET / HTTP/1.0\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n",
+            "GET / HTTP/1.1\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n",
+        ] {
+            let (_, keep) = parsed(raw).unwrap().unwrap();
+            assert!(!keep, "{raw}");
+        }
     }
 
     #[test]
