@@ -96,9 +96,11 @@ impl Readable for tokio_rustls::server::TlsStream<TcpStream> {
 
 /// Serves requests until the connection closes or a request needs hyper.
 ///
-/// Two states, so that a connection waiting for its next request costs little: idle (this
-/// function: the stream, one timer, the shutdown watch) and busy (a boxed [`burst`], holding
-/// the read buffer, the request and the response, freed when the connection is idle again).
+/// Two states: idle (this function: the stream, one timer, the shutdown watch) and busy (a
+/// [`burst`], holding the read buffer, the request and the response). The burst is not boxed
+/// (that was a 1.3 KiB allocation per request): a plain connection idle for long leaves its
+/// task altogether ([`crate::park`]); an idle TLS connection keeps the room (1.3 KiB beside
+/// its TLS state).
 pub(crate) async fn serve<T>(
     mut io: T,
     read: BytesMut,
@@ -151,7 +153,7 @@ where
         }
         let buf = std::mem::take(&mut read);
         let busy = burst(&mut io, buf, conn, shared, &closing, timer.as_mut(), limits);
-        match Box::pin(busy).await {
+        match busy.await {
             Burst::Idle => {}
             Burst::Closed => return Next::Closed,
             Burst::Hyper(buf) => return Next::Hyper(Prefixed::new(buf.freeze(), io)),
