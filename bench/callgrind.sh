@@ -1,15 +1,26 @@
 #!/bin/bash
 # Instructions per proxied request under callgrind (HTTP/1.1 keep-alive, small response, one
-# worker): warm up, zero the counters, send N requests, dump. Stable where wall-clock is not.
-# Needs valgrind and h2load; builds the release binary first. Loopback only.
+# worker), for Gatehouse (default) or nginx (`bench/callgrind.sh nginx`), on the same request:
+# warm up, zero the counters, send N requests, dump. Stable where wall-clock is not.
+# Needs valgrind, h2load and (for nginx) nginx; builds the release binary first. Loopback only.
+#
+# The request is h2load's own (Host: 127.0.0.1:PORT, user-agent), answered by the default
+# site: h2load's `-H Host:` adds a second Host field, which both proxies refuse with a 400.
 set -euo pipefail
 N=${N:-20000}
+WHO=${1:-gatehouse}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 cargo build --release --locked --bin gatehouse --example bench_upstream >/dev/null
 D=$(mktemp -d)
-trap 'kill $GPID $UPID 2>/dev/null || true; rm -rf "$D"' EXIT
-cat > "$D/gatehouse.toml" <<TOML
+PID=""
+trap 'kill $PID $UPID 2>/dev/null || true; rm -rf "$D"' EXIT
+target/release/examples/bench_upstream 127.0.0.1:18080 1 & UPID=$!
+OUT="$ROOT/target/callgrind.$WHO.out"
+rm -f "$OUT" "$OUT".*
+case "$WHO" in
+gatehouse)
+  cat > "$D/gatehouse.toml" <<TOML
 [server]
 http = "127.0.0.1:18081"
 workers = 1
@@ -24,20 +35,45 @@ default = true
   prefix = "/"
   upstream = "http://127.0.0.1:18080"
 TOML
-target/release/examples/bench_upstream 127.0.0.1:18080 1 & UPID=$!
-OUT="$ROOT/target/callgrind.out"
-rm -f "$OUT" "$OUT".*
-valgrind --tool=callgrind --callgrind-out-file="$OUT" \
-  target/release/gatehouse run -c "$D/gatehouse.toml" >/dev/null 2>&1 & GPID=$!
+  valgrind --tool=callgrind --callgrind-out-file="$OUT" \
+    target/release/gatehouse run -c "$D/gatehouse.toml" >/dev/null 2>&1 & PID=$!
+  ;;
+nginx)
+  mkdir -p "$D/body" "$D/proxy"
+  cat > "$D/nginx.conf" <<CONF
+worker_processes 1;
+pid $D/nginx.pid;
+error_log $D/error.log error;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_timeout 120s;
+  keepalive_requests 1000000;
+  proxy_http_version 1.1;
+  proxy_set_header Connection "";
+  proxy_set_header Host \$host;
+  upstream up { server 127.0.0.1:18080; keepalive 64; keepalive_requests 1000000; }
+  client_body_temp_path $D/body;
+  proxy_temp_path $D/proxy;
+  server { listen 127.0.0.1:18081 default_server; server_name bench.local;
+    location /api/ { proxy_pass http://up; }
+    location / { proxy_pass http://up; } }
+}
+CONF
+  valgrind --tool=callgrind --callgrind-out-file="$OUT" \
+    nginx -p "$D" -c "$D/nginx.conf" -g "daemon off; master_process off;" >/dev/null 2>&1 & PID=$!
+  ;;
+*) echo "usage: $0 [gatehouse|nginx]" >&2; exit 2 ;;
+esac
 for _ in $(seq 1 100); do
-  curl -s -o /dev/null -H "Host: bench.local" http://127.0.0.1:18081/ && break
+  curl -s -o /dev/null http://127.0.0.1:18081/ && break
   sleep 0.3
 done
-h2load --h1 -n 2000 -c 8 -H "Host: bench.local" http://127.0.0.1:18081/api/x >/dev/null
-callgrind_control -z "$GPID" >/dev/null 2>&1
-h2load --h1 -n "$N" -c 8 -H "Host: bench.local" http://127.0.0.1:18081/api/x | grep "requests:"
-callgrind_control -d "$GPID" >/dev/null 2>&1
+h2load --h1 -n 2000 -c 8 http://127.0.0.1:18081/api/x >/dev/null
+callgrind_control -z "$PID" >/dev/null 2>&1
+h2load --h1 -n "$N" -c 8 http://127.0.0.1:18081/api/x | grep -E "requests:|status codes:"
+callgrind_control -d "$PID" >/dev/null 2>&1
 for _ in $(seq 1 50); do [ -s "$OUT.1" ] && break; sleep 0.2; done
 T=$(callgrind_annotate "$OUT.1" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1; exit}')
-echo "instructions per request: $((T / N))"
+echo "$WHO: instructions per request: $((T / N))"
 echo "profile: callgrind_annotate --inclusive=yes $OUT.1"

@@ -15,6 +15,10 @@ pub enum ProxyError {
     MissingHost,
     #[error("the Host header is not a valid host name")]
     BadHost,
+    /// RFC 9112 §3.2: more than one Host field is a 400. Routing on one while a backend reads
+    /// the other is a way around host-based rules; nginx refuses it too.
+    #[error("the request has more than one Host header")]
+    DuplicateHost,
     #[error("no site is configured for this host")]
     NoSite,
     #[error("no route of this site matches the path")]
@@ -52,7 +56,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         use ProxyError::*;
         match self {
-            MissingHost | BadHost | BadPath(_) | AmbiguousPath => StatusCode::BAD_REQUEST,
+            MissingHost | BadHost | DuplicateHost | BadPath(_) | AmbiguousPath => {
+                StatusCode::BAD_REQUEST
+            }
             NoSite | NoRoute => StatusCode::NOT_FOUND,
             Misdirected => StatusCode::MISDIRECTED_REQUEST,
             HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -74,6 +80,7 @@ impl ProxyError {
         match self {
             MissingHost => "the request has no Host header",
             BadHost => "the Host header is not valid",
+            DuplicateHost => "the request has more than one Host header",
             NoSite => "no site is configured for this host",
             NoRoute => "no route matches this path",
             BadPath(PathError::AboveRoot) => "the path climbs above /",
@@ -116,6 +123,7 @@ mod tests {
         let cases: Vec<(ProxyError, u16)> = vec![
             (ProxyError::MissingHost, 400),
             (ProxyError::BadHost, 400),
+            (ProxyError::DuplicateHost, 400),
             (ProxyError::BadPath(PathError::AboveRoot), 400),
             (ProxyError::AmbiguousPath, 400),
             (ProxyError::NoSite, 404),

@@ -272,6 +272,7 @@ pub fn error_response(e: &ProxyError, is_h1: bool) -> Response<Body> {
             ProxyError::BodyTooLarge(_)
                 | ProxyError::BadPath(_)
                 | ProxyError::BadHost
+                | ProxyError::DuplicateHost
                 | ProxyError::MissingHost
         )
     {
@@ -288,13 +289,16 @@ async fn handle(
 ) -> Result<Response<Body>, ProxyError> {
     // Host: the h2 `:authority` (or an absolute-form target) wins over the Host header
     // (RFC 9110 §7.2, RFC 9112 §3.2.2).
-    let host = match req.uri().authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::BadHost)?,
-        None => match req.headers().get(header::HOST) {
-            Some(h) => h.clone(),
-            None if req.version() == Version::HTTP_11 => return Err(ProxyError::MissingHost),
-            None => HeaderValue::from_static(""),
-        },
+    let mut fields = req.headers().get_all(header::HOST).iter();
+    let (field, another) = (fields.next(), fields.next());
+    if another.is_some() {
+        return Err(ProxyError::DuplicateHost);
+    }
+    let host = match (req.uri().authority(), field) {
+        (Some(a), _) => HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::BadHost)?,
+        (None, Some(h)) => h.clone(),
+        (None, None) if req.version() == Version::HTTP_11 => return Err(ProxyError::MissingHost),
+        (None, None) => HeaderValue::from_static(""),
     };
     let host_name = match host.to_str().ok().filter(|s| !s.is_empty()) {
         Some(h) => normalize_host(h).map_err(|_| ProxyError::BadHost)?,

@@ -163,3 +163,21 @@ async fn a_streamed_response_to_http10_ends_with_the_close() {
     assert!(lower.contains("connection: close"), "{out}");
     assert!(out.ends_with("\r\n\r\nfirstsecond"), "{out}");
 }
+
+#[tokio::test]
+async fn a_request_with_two_host_headers_is_refused_and_never_forwarded() {
+    // RFC 9112 §3.2: routing on one Host while the backend reads the other would get round
+    // host-based rules. Both orders, on the fast path and on hyper's (a request with a body).
+    let b = backend("b").await;
+    let gw = gateway(&app_site(&b.url())).await;
+    for head in [
+        "GET / HTTP/1.1\r\nHost: app.example.com\r\nHost: other.example.com\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: other.example.com\r\nhost: app.example.com\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: app.example.com\r\nHost: app.example.com\r\nContent-Length: 2\r\n\r\nhi",
+    ] {
+        let out = raw(gw.http(), head.as_bytes()).await;
+        assert!(out.starts_with("HTTP/1.1 400 "), "{head:?} -> {out}");
+        assert!(out.contains("more than one Host header"), "{out}");
+    }
+    assert!(b.requests().is_empty());
+}
