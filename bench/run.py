@@ -22,9 +22,31 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 REL = ROOT / "target" / "release"
-UP = 18080
-GH_HTTP, GH_HTTPS, GH_ADMIN = 18081, 18443, 18901
-NG_HTTP, NG_HTTPS = 18082, 18444
+
+
+def pick_ports(preferred):
+    """A free loopback port for each preferred one: that port if nothing listens on it, else the
+    next free one above it. They stay below the ephemeral range (32768 and up on Linux), where
+    the run's own client and upstream connections (tens of thousands a second in scenario 3)
+    would take them between rounds."""
+    chosen = []
+    for want in preferred:
+        for port in range(want, want + 2000):
+            if port in chosen:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            chosen.append(port)
+            break
+        else:
+            sys.exit(f"no free loopback port from {want} up")
+    return chosen
+
+
+UP, GH_HTTP, GH_HTTPS, GH_ADMIN, NG_HTTP, NG_HTTPS = pick_ports([18080, 18081, 18443, 18901, 18082, 18444])
 HOST = "bench.local"
 TICK = os.sysconf("SC_CLK_TCK")
 

@@ -108,8 +108,9 @@ pub async fn serve(
     });
     let mut route: Option<Arc<Route>> = None;
     // Not boxed (an allocation per request): the upstream call inside is boxed already, so
-    // this state is about 1 KiB, and hyper moves a service future once (into an HTTP/2
-    // stream's task, or its HTTP/1 dispatcher's slot).
+    // this state is about 1 KiB, the fast path holds it in its boxed busy state, and hyper
+    // moves a service future once (into an HTTP/2 stream's task, or its HTTP/1 dispatcher's
+    // slot).
     let mut resp = match handle(req, &conn, &snap, &mut route).await {
         Ok(r) => r,
         Err(e) => {
