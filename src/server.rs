@@ -249,21 +249,39 @@ pub struct ServerCtx {
 /// TIME_WAIT). IPv6 addresses are IPv6-only, as in nginx, so `0.0.0.0:80` and `[::]:80` can both
 /// be listed (a dual-stack `[::]:80` would take the IPv4 port too and make the pair conflict).
 pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    bind_with(addr, false)
+}
+
+/// As [`bind`]; `reuse_port` puts the socket in a `SO_REUSEPORT` group, each member with a
+/// queue of its own.
+fn bind_with(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
     socket.set_reuse_address(true)?;
+    #[cfg(target_os = "linux")]
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = reuse_port;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     Ok(socket.into())
 }
 
-/// A bound listening socket, with one descriptor per worker that will accept from it.
+/// A bound listening address, with one socket per worker that will accept from it.
 ///
-/// The copies are made when binding, so that a failure (out of descriptors) fails the start or
+/// With several workers (on Linux), each has a socket of its own in a `SO_REUSEPORT` group, and
+/// the kernel spreads new connections over them by address hash. One shared socket woke every
+/// worker for each new connection, and the first to wake accepted the whole burst: wrk's 64
+/// connections all landed on one of two workers, which then did all the work (bench/README.md,
+/// scenario 1). Envoy, HAProxy and nginx's `reuseport` do the same.
+///
+/// The sockets are made when binding, so that a failure (out of descriptors) fails the start or
 /// the reload whole instead of leaving a listener that some workers do not serve.
 #[derive(Debug)]
 pub struct Bound {
@@ -273,13 +291,27 @@ pub struct Bound {
 
 impl Bound {
     pub fn new(addr: SocketAddr, workers: usize) -> io::Result<Bound> {
-        let first = bind(addr)?;
-        let addr = first.local_addr().unwrap_or(addr);
-        let mut copies = Vec::with_capacity(workers.max(1));
-        for _ in 1..workers.max(1) {
-            copies.push(first.try_clone()?);
+        let workers = workers.max(1);
+        if workers == 1 || !cfg!(target_os = "linux") {
+            let first = bind(addr)?;
+            let addr = first.local_addr().unwrap_or(addr);
+            let mut copies = Vec::with_capacity(workers);
+            for _ in 1..workers {
+                copies.push(first.try_clone()?);
+            }
+            copies.push(first);
+            return Ok(Bound { addr, copies });
         }
-        copies.push(first);
+        // A socket without SO_REUSEPORT first: an address that another process holds (even
+        // with SO_REUSEPORT, say a second Gatehouse) fails here with "address in use", where
+        // joining its group would silently split the traffic. It also fixes port 0 to a port.
+        let addr = {
+            let probe = bind(addr)?;
+            probe.local_addr().unwrap_or(addr)
+        };
+        let copies = (0..workers)
+            .map(|_| bind_with(addr, true))
+            .collect::<io::Result<Vec<_>>>()?;
         Ok(Bound { addr, copies })
     }
 
@@ -777,5 +809,53 @@ async fn run<C: Graceful>(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::ErrorKind;
+    use std::net::TcpStream as StdStream;
+
+    /// How many connections each of `bound`'s sockets has queued (accepted until it would block).
+    fn queued(bound: &Bound) -> Vec<usize> {
+        bound
+            .copies
+            .iter()
+            .map(|l| std::iter::from_fn(|| l.accept().ok()).count())
+            .collect()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn each_worker_gets_a_share_of_new_connections() {
+        let bound = Bound::new("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let clients: Vec<StdStream> = (0..64)
+            .map(|_| StdStream::connect(bound.addr).unwrap())
+            .collect();
+        // A connection is queued once the handshake completes, before `connect` returns.
+        let counts = queued(&bound);
+        assert_eq!(counts.iter().sum::<usize>(), clients.len(), "{counts:?}");
+        // By address hash: every split is possible, one socket taking all 64 is 2^-63.
+        assert!(counts.iter().all(|&n| n > 0), "{counts:?}");
+    }
+
+    #[test]
+    fn one_worker_has_one_socket() {
+        let bound = Bound::new("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        let _client = StdStream::connect(bound.addr).unwrap();
+        assert_eq!(queued(&bound), [1]);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_address_another_socket_group_holds_is_refused() {
+        // Another process with SO_REUSEPORT on the port (a second Gatehouse): joining its
+        // group would split the traffic without a word.
+        let other = bind_with("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        let addr = other.local_addr().unwrap();
+        let err = Bound::new(addr, 2).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::AddrInUse);
     }
 }
