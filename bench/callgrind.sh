@@ -14,15 +14,21 @@ cd "$ROOT"
 cargo build --release --locked --bin gatehouse --example bench_upstream >/dev/null
 D=$(mktemp -d)
 PID=""
+# Two loopback ports free now (bound to :0, then released): the upstream's and the proxy's.
+read -r UP_PORT PORT < <(python3 -c '
+import socket
+s = [socket.socket() for _ in range(2)]
+for x in s: x.bind(("127.0.0.1", 0))
+print(*[x.getsockname()[1] for x in s])')
 trap 'kill $PID $UPID 2>/dev/null || true; rm -rf "$D"' EXIT
-target/release/examples/bench_upstream 127.0.0.1:18080 1 & UPID=$!
+target/release/examples/bench_upstream 127.0.0.1:$UP_PORT 1 & UPID=$!
 OUT="$ROOT/target/callgrind.$WHO.out"
 rm -f "$OUT" "$OUT".*
 case "$WHO" in
 gatehouse)
   cat > "$D/gatehouse.toml" <<TOML
 [server]
-http = "127.0.0.1:18081"
+http = "127.0.0.1:$PORT"
 workers = 1
 idle_timeout = "120s"
 [[site]]
@@ -30,10 +36,10 @@ hosts = ["bench.local"]
 default = true
   [[site.route]]
   prefix = "/api"
-  upstream = "http://127.0.0.1:18080"
+  upstream = "http://127.0.0.1:$UP_PORT"
   [[site.route]]
   prefix = "/"
-  upstream = "http://127.0.0.1:18080"
+  upstream = "http://127.0.0.1:$UP_PORT"
 TOML
   valgrind --tool=callgrind --callgrind-out-file="$OUT" \
     target/release/gatehouse run -c "$D/gatehouse.toml" >/dev/null 2>&1 & PID=$!
@@ -52,10 +58,10 @@ http {
   proxy_http_version 1.1;
   proxy_set_header Connection "";
   proxy_set_header Host \$host;
-  upstream up { server 127.0.0.1:18080; keepalive 64; keepalive_requests 1000000; }
+  upstream up { server 127.0.0.1:$UP_PORT; keepalive 64; keepalive_requests 1000000; }
   client_body_temp_path $D/body;
   proxy_temp_path $D/proxy;
-  server { listen 127.0.0.1:18081 default_server; server_name bench.local;
+  server { listen 127.0.0.1:$PORT default_server; server_name bench.local;
     location /api/ { proxy_pass http://up; }
     location / { proxy_pass http://up; } }
 }
@@ -66,12 +72,12 @@ CONF
 *) echo "usage: $0 [gatehouse|nginx]" >&2; exit 2 ;;
 esac
 for _ in $(seq 1 100); do
-  curl -s -o /dev/null http://127.0.0.1:18081/ && break
+  curl -s -o /dev/null http://127.0.0.1:$PORT/ && break
   sleep 0.3
 done
-h2load --h1 -n 2000 -c 8 http://127.0.0.1:18081/api/x >/dev/null
+h2load --h1 -n 2000 -c 8 http://127.0.0.1:$PORT/api/x >/dev/null
 callgrind_control -z "$PID" >/dev/null 2>&1
-h2load --h1 -n "$N" -c 8 http://127.0.0.1:18081/api/x | grep -E "requests:|status codes:"
+h2load --h1 -n "$N" -c 8 http://127.0.0.1:$PORT/api/x | grep -E "requests:|status codes:"
 callgrind_control -d "$PID" >/dev/null 2>&1
 for _ in $(seq 1 50); do [ -s "$OUT.1" ] && break; sleep 0.2; done
 T=$(callgrind_annotate "$OUT.1" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1; exit}')
