@@ -70,6 +70,16 @@ async fn when_every_backend_of_a_list_is_down_the_answer_is_503() {
     assert!(r.text().contains("no backend"), "{}", r.text());
 }
 
+/// A gateway to `b` whose route waits 300 ms for a response head.
+async fn with_300ms_response_timeout(b: &Backend) -> Gw {
+    gateway(&site(
+        &format!("\"{}\"", b.url()),
+        "response_timeout = \"300ms\"",
+        "",
+    ))
+    .await
+}
+
 #[tokio::test]
 async fn a_backend_that_never_answers_is_504_after_the_response_timeout() {
     let hang = Arc::new(Notify::new());
@@ -82,12 +92,7 @@ async fn a_backend_that_never_answers_is_504_after_the_response_timeout() {
         })
     }))
     .await;
-    let gw = gateway(&site(
-        &format!("\"{}\"", b.url()),
-        "response_timeout = \"300ms\"",
-        "",
-    ))
-    .await;
+    let gw = with_300ms_response_timeout(&b).await;
     let started = std::time::Instant::now();
     let r = get(gw.http(), "app.example.com", "/").await;
     assert_eq!(r.status, 504);
@@ -116,12 +121,7 @@ async fn a_reused_backend_connection_times_each_request_from_its_own_start() {
         })
     }))
     .await;
-    let gw = gateway(&site(
-        &format!("\"{}\"", b.url()),
-        "response_timeout = \"300ms\"",
-        "",
-    ))
-    .await;
+    let gw = with_300ms_response_timeout(&b).await;
     assert_eq!(
         get(gw.http(), "app.example.com", "/first").await.status,
         200

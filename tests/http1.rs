@@ -63,6 +63,25 @@ async fn responses_carry_a_date_and_their_length() {
 }
 
 #[tokio::test]
+async fn close_wins_over_keep_alive_on_the_wire() {
+    // RFC 9112 §9.3: `close` anywhere ends the connection; `raw` reads to the close, so a
+    // connection left open would fail this test by timing out.
+    let b = backend("b").await;
+    let gw = gateway(&app_site(&b.url())).await;
+    for head in [
+        "GET / HTTP/1.0\r\nHost: app.example.com\r\nConnection: close, keep-alive\r\n\r\n",
+        "GET / HTTP/1.0\r\nHost: app.example.com\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n",
+    ] {
+        let out = raw(gw.http(), head.as_bytes()).await;
+        assert!(out.starts_with("HTTP/1.1 200"), "{head:?} -> {out}");
+        assert!(
+            !out.to_ascii_lowercase().contains("connection: keep-alive"),
+            "{out}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_http10_client_is_closed_unless_it_asks_for_keep_alive() {
     // RFC 9112 §9.3: HTTP/1.0 closes by default; `raw` reads to the close, so a connection left
     // open would fail this test by timing out.
