@@ -75,26 +75,47 @@ pub(crate) enum Next<T> {
     },
 }
 
-/// Waits for a stream to have bytes to read without reading them, so an idle connection holds
-/// no read buffer.
-pub(crate) trait Readable {
+/// What the fast path needs from a stream besides reading and writing.
+pub(crate) trait Transport {
+    /// Waits for bytes to read without reading them, so an idle connection holds no read
+    /// buffer.
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// Turns off Nagle's algorithm. A plain connection has it on until it needs it off (see
+    /// [`serve`]); a TLS one has it off from the start.
+    fn set_nodelay(&self);
+    /// Whether closing takes more than dropping the stream: TLS sends `close_notify` first; a
+    /// TCP socket's close sends its FIN itself, so a `shutdown` first is a system call for
+    /// nothing.
+    const CLOSE_NEEDS_SHUTDOWN: bool;
 }
 
-impl Readable for TcpStream {
+impl Transport for TcpStream {
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.poll_read_ready(cx)
     }
+    fn set_nodelay(&self) {
+        let _ = TcpStream::set_nodelay(self, true);
+    }
+    const CLOSE_NEEDS_SHUTDOWN: bool = false;
 }
 
-impl Readable for tokio_rustls::server::TlsStream<TcpStream> {
+impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
     /// rustls may hold decrypted bytes already: read at once (TLS keeps its own buffers).
     fn poll_readable(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
+    /// Set when the connection was accepted (the handshake takes several flights).
+    fn set_nodelay(&self) {}
+    const CLOSE_NEEDS_SHUTDOWN: bool = true;
 }
 
 /// Serves requests until the connection closes or a request needs hyper.
+///
+/// Nagle's algorithm stays on until the connection needs it off, as nginx's `tcp_nodelay`
+/// does: a response sent in one write on a connection that then closes (the common case for
+/// a new connection per request) is not held back by it, and the system call is saved. It is
+/// turned off when a response takes a second write, when the connection stays open after a
+/// response, and before hyper takes over.
 ///
 /// Two states, so that a connection waiting for its next request costs little: idle (this
 /// function: the stream, one timer, the shutdown watch) and busy (a boxed [`burst`], holding
@@ -111,7 +132,7 @@ pub(crate) async fn serve<T>(
     limits: Limits,
 ) -> Next<T>
 where
-    T: AsyncRead + AsyncWrite + Readable + Unpin,
+    T: AsyncRead + AsyncWrite + Transport + Unpin,
 {
     // One timer and one shutdown waiter for the connection's life (a new waiter per request
     // costs a registration each time).
@@ -124,6 +145,10 @@ where
     tokio::pin!(timer);
     // Bytes read already (the listener's look for the HTTP/2 preface): a head has begun.
     let mut read = read;
+    let mut nodelay = false;
+    let park = limits.park && crate::park::PARK_AFTER < limits.idle;
+    // The idle deadline, once the connection has waited for a next request.
+    let mut idle_until = None;
     loop {
         if *closing.borrow() {
             return Next::Closed;
@@ -131,7 +156,7 @@ where
         if read.is_empty() {
             let now = Instant::now();
             let until = now + limits.idle;
-            let park = limits.park && crate::park::PARK_AFTER < limits.idle;
+            idle_until = Some(until);
             timer.as_mut().reset(if park {
                 now + crate::park::PARK_AFTER
             } else {
@@ -153,11 +178,27 @@ where
             }
         }
         let buf = std::mem::take(&mut read);
-        let busy = burst(&mut io, buf, conn, shared, &closing, timer.as_mut(), limits);
+        let ctx = BurstCtx {
+            conn,
+            shared,
+            closing: &closing,
+            limits,
+        };
+        let busy = burst(&mut io, buf, &ctx, timer.as_mut(), &mut nodelay);
         match Box::pin(busy).await {
             Burst::Idle => {}
             Burst::Closed => return Next::Closed,
-            Burst::Hyper(buf) => return Next::Hyper(Prefixed::new(buf.freeze(), io)),
+            // The wake-up had nothing to read, and the idle wait's timer ran out meanwhile.
+            Burst::Quiet => {
+                return match idle_until {
+                    Some(until) if park => Next::Park { io, until },
+                    _ => Next::Closed,
+                };
+            }
+            Burst::Hyper(buf) => {
+                io.set_nodelay();
+                return Next::Hyper(Prefixed::new(buf.freeze(), io));
+            }
         }
     }
 }
@@ -167,23 +208,34 @@ enum Burst {
     /// Every buffered request answered: wait for the next one.
     Idle,
     Closed,
+    /// The idle wait's timer ran out before the first byte of a head: readiness can be
+    /// reported with nothing to read (a read that filled its buffer leaves tokio believing the
+    /// socket readable, and a TLS stream is always "readable"). The idle wait decides: park or
+    /// close, as if it had not woken.
+    Quiet,
     /// hyper takes over, with these bytes read already.
     Hyper(BytesMut),
 }
 
+/// What a busy spell reads from its connection.
+struct BurstCtx<'a> {
+    conn: &'a Arc<ConnInfo>,
+    shared: &'a Arc<Shared>,
+    closing: &'a watch::Receiver<bool>,
+    limits: Limits,
+}
+
 /// Reads and answers requests while the client has some buffered (pipelining), from the first
-/// byte of a head to the end of the last response.
+/// byte of a head to the end of the last response. `nodelay`: see [`write_response`].
 async fn burst<T>(
     io: &mut T,
     mut buf: BytesMut,
-    conn: &Arc<ConnInfo>,
-    shared: &Arc<Shared>,
-    closing: &watch::Receiver<bool>,
+    ctx: &BurstCtx<'_>,
     mut timer: Pin<&mut tokio::time::Sleep>,
-    limits: Limits,
+    nodelay: &mut bool,
 ) -> Burst
 where
-    T: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Transport + Unpin,
 {
     loop {
         // Read until a whole head is buffered: the caller's idle timer until its first byte (a
@@ -196,9 +248,11 @@ where
             if !buf.is_empty() {
                 match parse(&mut buf) {
                     Ok(Some(parsed)) => break parsed,
-                    Ok(None) if buf.len() < limits.max_header => {
+                    Ok(None) if buf.len() < ctx.limits.max_header => {
                         if !head_deadline {
-                            timer.as_mut().reset(Instant::now() + limits.header_read);
+                            timer
+                                .as_mut()
+                                .reset(Instant::now() + ctx.limits.header_read);
                             head_deadline = true;
                         }
                     }
@@ -206,10 +260,16 @@ where
                 }
             }
             buf.reserve(READ_CHUNK);
+            let quiet = buf.is_empty();
             let n = tokio::select! {
                 biased;
                 r = io.read_buf(&mut buf) => r.unwrap_or(0),
-                _ = &mut timer => 0,
+                _ = &mut timer => {
+                    if quiet {
+                        return Burst::Quiet;
+                    }
+                    0
+                }
             };
             if n == 0 {
                 return Burst::Closed;
@@ -217,19 +277,21 @@ where
         };
         let head_only = req.method() == Method::HEAD;
         let version = req.version();
-        let resp = match crate::proxy::serve(req, conn.clone(), shared.clone()).await {
+        let resp = match crate::proxy::serve(req, ctx.conn.clone(), ctx.shared.clone()).await {
             Ok(r) => r,
             Err(never) => match never {},
         };
-        let keep_alive = keep_alive && !*closing.borrow();
-        match write_response(io, resp, version, head_only, keep_alive).await {
+        let keep_alive = keep_alive && !*ctx.closing.borrow();
+        match write_response(io, resp, version, head_only, keep_alive, nodelay).await {
             Ok(true) => {}
             Ok(false) => {
-                let _ = io.shutdown().await;
+                if T::CLOSE_NEEDS_SHUTDOWN {
+                    let _ = io.shutdown().await;
+                }
                 return Burst::Closed;
             }
             Err(e) => {
-                tracing::debug!(peer = %conn.peer, error = %e, "connection ended while writing a response");
+                tracing::debug!(peer = %ctx.conn.peer, error = %e, "connection ended while writing a response");
                 return Burst::Closed;
             }
         }
@@ -321,13 +383,16 @@ fn parse(buf: &mut BytesMut) -> Result<Option<(Request<ReqBody>, bool)>, Handove
     Ok(Some((r, keep_alive)))
 }
 
-/// Writes a response; returns whether the connection may carry another request.
-async fn write_response<T: AsyncWrite + Unpin>(
+/// Writes a response; returns whether the connection may carry another request. `nodelay`:
+/// whether Nagle's algorithm is off already; it is turned off before the response's second
+/// write, and after the response when the connection stays open (see [`serve`]).
+async fn write_response<T: AsyncWrite + Transport + Unpin>(
     io: &mut T,
     resp: Response<Body>,
     req_version: Version,
     head_only: bool,
     mut keep_alive: bool,
+    nodelay: &mut bool,
 ) -> io::Result<bool> {
     let (parts, mut body) = resp.into_parts();
     let status = parts.status;
@@ -412,7 +477,7 @@ async fn write_response<T: AsyncWrite + Unpin>(
     if bodiless {
         drop(body);
         write_all(io, &mut [IoSlice::new(&out)]).await?;
-        return Ok(keep_alive);
+        return Ok(keep_open(io, keep_alive, nodelay));
     }
     // A small body that is all there already goes out copied behind the head, in one write
     // without gathering (the common small API answer: two allocations fewer).
@@ -426,7 +491,7 @@ async fn write_response<T: AsyncWrite + Unpin>(
                 out.extend_from_slice(&data);
                 write_all(io, &mut [IoSlice::new(&out)]).await?;
                 io.flush().await?;
-                return Ok(keep_alive);
+                return Ok(keep_open(io, keep_alive, nodelay));
             }
             Ready::First(data) => first = Some(data),
             Ready::Failed(e) => return Err(io::Error::other(e)),
@@ -489,6 +554,13 @@ async fn write_response<T: AsyncWrite + Unpin>(
         let mut bufs: Vec<IoSlice<'_>> = Vec::with_capacity(pieces.len() + 1);
         bufs.push(IoSlice::new(&out));
         bufs.extend(pieces.iter().map(|p| IoSlice::new(p)));
+        if out.is_empty() && !*nodelay {
+            // Not the response's first write (that one carries the head): a small piece
+            // would otherwise wait for the peer's ACK of the last one, up to its delayed-ACK
+            // timer (40 ms on Linux).
+            io.set_nodelay();
+            *nodelay = true;
+        }
         write_all(io, &mut bufs).await?;
         drop(bufs);
         out.clear();
@@ -498,7 +570,18 @@ async fn write_response<T: AsyncWrite + Unpin>(
         }
     }
     io.flush().await?;
-    Ok(keep_alive)
+    Ok(keep_open(io, keep_alive, nodelay))
+}
+
+/// Passes `keep_alive` through, first turning Nagle's algorithm off if the connection stays
+/// open: the next response may be written before the peer has acknowledged this one
+/// (pipelining), and would then wait for that ACK.
+fn keep_open<T: Transport>(io: &T, keep_alive: bool, nodelay: &mut bool) -> bool {
+    if keep_alive && !*nodelay {
+        io.set_nodelay();
+        *nodelay = true;
+    }
+    keep_alive
 }
 
 /// A body that does not match its declared length would desynchronise the connection: it is
@@ -729,7 +812,7 @@ mod tests {
     /// The bytes `write_response` sends for `resp` to an HTTP/1.1 GET, or its error.
     async fn written(resp: Response<Body>) -> io::Result<String> {
         let (mut ours, mut theirs) = tokio::io::duplex(64 * 1024);
-        let sent = write_response(&mut ours, resp, Version::HTTP_11, false, true).await;
+        let sent = write_response(&mut ours, resp, Version::HTTP_11, false, true, &mut true).await;
         drop(ours);
         let mut out = String::new();
         theirs.read_to_string(&mut out).await?;
@@ -787,6 +870,75 @@ mod tests {
     async fn a_small_body_shorter_than_its_length_is_an_error() {
         let resp = with_length(Body::full("hell"), "5");
         assert!(written(resp).await.is_err());
+    }
+
+    impl Transport for tokio::io::DuplexStream {
+        fn poll_readable(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn set_nodelay(&self) {}
+        const CLOSE_NEEDS_SHUTDOWN: bool = true;
+    }
+
+    /// The server's end of a loopback connection, Nagle on as accepted, and the client's.
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        assert!(!server.nodelay().unwrap());
+        (server, client)
+    }
+
+    /// Whether TCP_NODELAY is on after writing `resp` on a fresh connection.
+    async fn nodelay_after(resp: Response<Body>, keep_alive: bool) -> bool {
+        let (mut server, _client) = tcp_pair().await;
+        let mut flag = false;
+        write_response(
+            &mut server,
+            resp,
+            Version::HTTP_11,
+            false,
+            keep_alive,
+            &mut flag,
+        )
+        .await
+        .unwrap();
+        assert_eq!(flag, server.nodelay().unwrap());
+        flag
+    }
+
+    #[tokio::test]
+    async fn one_write_then_close_leaves_nagle_alone() {
+        assert!(!nodelay_after(Response::new(Body::full("hello")), false).await);
+    }
+
+    #[tokio::test]
+    async fn a_connection_kept_open_turns_nagle_off() {
+        assert!(nodelay_after(Response::new(Body::full("hello")), true).await);
+    }
+
+    #[tokio::test]
+    async fn a_second_write_turns_nagle_off_first() {
+        let (mut server, mut client) = tcp_pair().await;
+        let (body, later) = two_pieces("hel", "lo");
+        let resp = with_length(body, "5");
+        let task = tokio::spawn(async move {
+            let mut flag = false;
+            write_response(&mut server, resp, Version::HTTP_11, false, false, &mut flag)
+                .await
+                .unwrap();
+            (flag, server.nodelay().unwrap())
+        });
+        // The head and the first piece arrive (the first write) before the rest is ready.
+        let mut seen = Vec::new();
+        while !seen.ends_with(b"\r\n\r\nhel") {
+            let mut chunk = [0u8; 256];
+            let n = client.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&chunk[..n]);
+        }
+        later.send(()).unwrap();
+        assert_eq!(task.await.unwrap(), (true, true));
     }
 
     #[tokio::test]

@@ -1,9 +1,10 @@
 //! Listeners and connections: accept, TLS handshake, HTTP/1.1 or HTTP/2, timeouts, drain.
 //!
-//! Each listener runs one accept loop per worker runtime (all accepting from the same socket,
-//! as nginx's workers do), and each loop never dies on an error (EMFILE backs off and retries;
-//! a per-connection error is ignored), caps open connections with a semaphore, sets
-//! `TCP_NODELAY`, and spawns one task per connection. The task does the TLS handshake under a
+//! Each listener runs one accept loop per worker runtime (on Linux each on a socket of its own
+//! in a `SO_REUSEPORT` group: see [`Bound`]), and each loop never dies on an error (EMFILE
+//! backs off and retries; a per-connection error is ignored), caps open connections with a
+//! semaphore, sets `TCP_NODELAY` on TLS connections (a plain one gets it when it needs it:
+//! `h1_server::serve`), and spawns one task per connection. The task does the TLS handshake under a
 //! deadline, then serves HTTP/1.1 or HTTP/2 (chosen by ALPN, or by the h2c preface on plain
 //! listeners) with upgrades enabled.
 //!
@@ -188,10 +189,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
     }
 }
 
-impl<T: crate::h1_server::Readable> crate::h1_server::Readable for TrackedIo<T> {
+impl<T: crate::h1_server::Transport> crate::h1_server::Transport for TrackedIo<T> {
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.inner.poll_readable(cx)
     }
+    fn set_nodelay(&self) {
+        self.inner.set_nodelay();
+    }
+    const CLOSE_NEEDS_SHUTDOWN: bool = T::CLOSE_NEEDS_SHUTDOWN;
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
@@ -407,7 +412,10 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        let _ = tcp.set_nodelay(true);
+        if kind == ListenerKind::Https {
+            // A plain connection's is set when it needs it (h1_server::serve).
+            let _ = tcp.set_nodelay(true);
+        }
         let ctx2 = ctx.clone();
         let lot = lot.clone();
         let span = tracing::debug_span!("conn", %peer, listener = ?local);
@@ -605,7 +613,7 @@ async fn serve_http<T>(
     limits: Limits,
 ) -> Option<(T, tokio::time::Instant)>
 where
-    T: AsyncRead + AsyncWrite + crate::h1_server::Readable + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + crate::h1_server::Transport + Unpin + Send + 'static,
 {
     let tracked = TrackedIo {
         inner: stream,
@@ -624,6 +632,7 @@ where
     // (Each hyper connection is built inside a block: a local that lived on across the await,
     // although moved out, would keep its slot in this future.)
     if h2 {
+        crate::h1_server::Transport::set_nodelay(&tracked);
         let served = {
             let io = crate::h1_server::Prefixed::new(read.freeze(), tracked);
             let http = h2_builder(max_header)

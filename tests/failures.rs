@@ -368,8 +368,9 @@ async fn a_slowloris_request_after_hyper_took_the_connection_over_is_closed_too(
         .await;
 }
 
-#[tokio::test]
-async fn an_idle_keep_alive_connection_is_closed_after_idle_timeout_not_header_timeout() {
+/// Sends `first` on a new connection (idle_timeout 600 ms, header_read_timeout 200 ms) and
+/// checks the connection is closed at the idle timeout, not before.
+async fn closed_at_idle_timeout_after(first: &[u8]) {
     let b = backend("b").await;
     let gw = gateway(&site(
         &format!("\"{}\"", b.url()),
@@ -378,9 +379,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_idle_timeout_not_header_t
     ))
     .await;
     let mut tcp = tokio::net::TcpStream::connect(gw.http()).await.unwrap();
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: app.example.com\r\n\r\n")
-        .await
-        .unwrap();
+    tcp.write_all(first).await.unwrap();
     let mut buf = vec![0u8; 4096];
     let n = within("the first response", tcp.read(&mut buf))
         .await
@@ -396,6 +395,22 @@ async fn an_idle_keep_alive_connection_is_closed_after_idle_timeout_not_header_t
         idle >= Duration::from_millis(500),
         "closed after {idle:?}, before idle_timeout"
     );
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_idle_timeout_not_header_timeout() {
+    closed_at_idle_timeout_after(b"GET / HTTP/1.1\r\nHost: app.example.com\r\n\r\n").await;
+}
+
+#[tokio::test]
+async fn a_head_that_fills_the_first_read_leaves_the_connection_idle_not_closed() {
+    // A read that fills its buffer leaves tokio believing the socket readable, so the idle
+    // wait wakes at once and finds nothing: that wake-up must not turn the wait's timer (here
+    // the 100 ms after which an idle connection is parked) into a close.
+    let mut head = b"GET / HTTP/1.1\r\nHost: app.example.com\r\nX-Pad: ".to_vec();
+    head.resize(1024 - 4, b'a');
+    head.extend_from_slice(b"\r\n\r\n");
+    closed_at_idle_timeout_after(&head).await;
 }
 
 #[tokio::test]

@@ -572,7 +572,9 @@ impl Tr<'_> {
             | "proxy_ignore_client_abort"
             | "include" => {
                 let note = match d.name.as_str() {
-                    "tcp_nodelay" => "built in: TCP_NODELAY is always on",
+                    "tcp_nodelay" => {
+                        "built in: TCP_NODELAY is on where nginx turns it on (kept-alive connections, TLS, HTTP/2) and before a response's second write"
+                    }
                     "types" | "default_type" => {
                         "built in: static routes choose Content-Type by extension"
                     }
