@@ -3,6 +3,7 @@
 # worker), for Gatehouse (default) or nginx (`bench/callgrind.sh nginx`), on the same request:
 # warm up, zero the counters, send N requests, dump. Stable where wall-clock is not.
 # Needs valgrind, h2load and (for nginx) nginx; builds the release binary first. Loopback only.
+# NEW_CONN=1: a new connection per request instead (wrk with `Connection: close`; needs wrk).
 #
 # The request is h2load's own (Host: 127.0.0.1:PORT, user-agent), answered by the default
 # site: h2load's `-H Host:` adds a second Host field, which both proxies refuse with a 400.
@@ -75,9 +76,18 @@ for _ in $(seq 1 100); do
   curl -s -o /dev/null http://127.0.0.1:$PORT/ && break
   sleep 0.3
 done
-h2load --h1 -n 2000 -c 8 http://127.0.0.1:$PORT/api/x >/dev/null
-callgrind_control -z "$PID" >/dev/null 2>&1
-h2load --h1 -n "$N" -c 8 http://127.0.0.1:$PORT/api/x | grep -E "requests:|status codes:"
+if [ -n "${NEW_CONN:-}" ]; then
+  # A new connection per request (scenario 3): wrk with `Connection: close`. wrk runs for a
+  # time, so N is the count it reports.
+  wrk -t1 -c8 -d2s -H "Connection: close" http://127.0.0.1:$PORT/api/x >/dev/null
+  callgrind_control -z "$PID" >/dev/null 2>&1
+  N=$(wrk -t1 -c8 -d10s -H "Connection: close" http://127.0.0.1:$PORT/api/x | awk '/requests in/{print $1}')
+  echo "requests: $N, each on a new connection"
+else
+  h2load --h1 -n 2000 -c 8 http://127.0.0.1:$PORT/api/x >/dev/null
+  callgrind_control -z "$PID" >/dev/null 2>&1
+  h2load --h1 -n "$N" -c 8 http://127.0.0.1:$PORT/api/x | grep -E "requests:|status codes:"
+fi
 callgrind_control -d "$PID" >/dev/null 2>&1
 for _ in $(seq 1 50); do [ -s "$OUT.1" ] && break; sleep 0.2; done
 T=$(callgrind_annotate "$OUT.1" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1; exit}')
