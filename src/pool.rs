@@ -12,6 +12,12 @@
 //! read yet, and either the head could not be written or the method is idempotent
 //! (RFC 9110 §9.2.2, RFC 9112 §9.3.1), as nginx's `proxy_next_upstream error` does.
 //!
+//! Each worker thread keeps its own idle list in every pool, as each nginx worker keeps its own
+//! `keepalive` connections: a socket is registered with the runtime of the worker that opened
+//! it, and a request on another worker would get its readiness from that worker's reactor (a
+//! cross-thread wake-up per read, the cost the one-runtime-per-worker design is there to
+//! avoid).
+//!
 //! HTTP/2 backends and WebSocket upgrades keep using hyper-util's client (`upstream.rs`): h2
 //! multiplexes many requests on one connection, which needs a task of its own.
 //!
@@ -36,7 +42,7 @@ use tokio_util::io::poll_read_buf;
 use crate::body::UpstreamBody;
 use crate::h1::{self, BodyLen, Chunk, ChunkedDecoder, H1Error, ReqFraming};
 
-/// Idle connections kept per backend (nginx's `keepalive 64` is per worker; this is per pool).
+/// Idle connections kept per backend and worker (nginx's `keepalive 64` is per worker too).
 const MAX_IDLE: usize = 256;
 
 /// A TCP or TLS stream to a backend.
@@ -177,10 +183,34 @@ pub struct Target {
 /// The idle connections to one backend.
 pub struct Pool {
     target: Target,
-    /// Boxed so that taking one out and handing it to a response body moves a pointer.
-    #[allow(clippy::vec_box)]
-    idle: Mutex<Vec<Box<Pooled>>>,
+    /// One idle list per worker slot ([`set_worker`]).
+    idle: Box<[IdleList]>,
     open_gauge: metrics::Gauge,
+}
+
+/// One worker's idle connections. Boxed so that taking one out and handing it to a response
+/// body moves a pointer; a cache line of its own, so two workers' lists never share one.
+#[repr(align(64))]
+#[derive(Default)]
+#[allow(clippy::vec_box)]
+struct IdleList(Mutex<Vec<Box<Pooled>>>);
+
+thread_local! {
+    /// This thread's worker slot: 0 unless [`set_worker`] said otherwise.
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Tells the pools which worker this thread is, so that it takes and returns connections from
+/// its own idle lists. Called once by each worker thread when it starts.
+pub fn set_worker(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
+/// Idle lists per pool: one per core (a worker beyond that shares a list; the list's lock
+/// keeps that correct).
+fn worker_slots() -> usize {
+    static SLOTS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *SLOTS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Why a connection could not be made or a request not sent.
@@ -232,16 +262,27 @@ impl std::fmt::Debug for Pool {
 
 impl Pool {
     pub fn new(target: Target) -> Pool {
+        Pool::with_slots(target, worker_slots())
+    }
+
+    fn with_slots(target: Target, slots: usize) -> Pool {
         let open_gauge = metrics::gauge!(crate::metrics::UPSTREAM_OPEN_CONNECTIONS, "upstream" => target.label.clone());
         Pool {
             target,
-            idle: Mutex::new(Vec::new()),
+            idle: (0..slots.max(1)).map(|_| IdleList::default()).collect(),
             open_gauge,
         }
     }
 
+    /// This worker's idle list.
+    #[allow(clippy::vec_box)]
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Box<Pooled>>> {
+        let slot = WORKER.with(|w| w.get()) % self.idle.len();
+        self.idle[slot].0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn take_idle(&self, now: Instant) -> Option<Box<Pooled>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.idle();
         // Expired connections are at the bottom (LIFO): drop them from there.
         let keep_from = idle
             .iter()
@@ -253,7 +294,7 @@ impl Pool {
 
     fn put_back(&self, mut c: Box<Pooled>) {
         c.reused = true;
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.idle();
         if idle.len() < MAX_IDLE {
             idle.push(c);
         }
@@ -687,5 +728,35 @@ impl HttpBody for PooledBody {
             BodyState::Length(n) => SizeHint::with_exact(n),
             _ => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_worker_takes_only_the_connections_it_put_back() {
+        let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = backend.local_addr().unwrap();
+        let pool = Pool::with_slots(
+            Target {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+                tls: None,
+                connect_timeout: Duration::from_secs(5),
+                idle_timeout: Duration::from_secs(60),
+                label: format!("http://{addr}"),
+            },
+            2,
+        );
+        let conn = pool.connect().await.unwrap();
+        let _accepted = backend.accept().await.unwrap();
+        set_worker(0);
+        pool.put_back(conn);
+        set_worker(1);
+        assert!(pool.take_idle(Instant::now()).is_none());
+        set_worker(0);
+        assert!(pool.take_idle(Instant::now()).is_some());
     }
 }

@@ -360,7 +360,10 @@ pub fn worker_runtimes(n: usize) -> io::Result<Vec<tokio::runtime::Handle>> {
             let handle = rt.handle().clone();
             std::thread::Builder::new()
                 .name(format!("gatehouse-worker-{i}"))
-                .spawn(move || rt.block_on(std::future::pending::<()>()))?;
+                .spawn(move || {
+                    crate::pool::set_worker(i);
+                    rt.block_on(std::future::pending::<()>())
+                })?;
             Ok(handle)
         })
         .collect()

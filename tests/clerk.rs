@@ -949,8 +949,15 @@ async fn req32_a_fapi_with_an_untrusted_certificate_is_a_502_and_a_trusted_one_w
     assert_eq!(r.status, 502);
     assert!(r.text().contains("TLS handshake failed"), "{}", r.text());
     assert!(seen.lock().unwrap().is_empty());
-    // With it: verified HTTPS, and keep-alive connections are reused.
-    let gw = gateway_in(dir, &route("tls_ca = \"ca.pem\""), &env).await;
+    // With it: verified HTTPS, and keep-alive connections are reused (one worker, so that
+    // every request reaches the same idle connections).
+    let gw = gateway_on(
+        dir,
+        &route("tls_ca = \"ca.pem\""),
+        &env,
+        workers()[..1].to_vec(),
+    )
+    .await;
     for _ in 0..3 {
         assert_eq!(
             get(gw.http(), "app.test", "/__clerk/v1/client")

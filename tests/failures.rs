@@ -72,7 +72,7 @@ async fn when_every_backend_of_a_list_is_down_the_answer_is_503() {
 
 /// A gateway to `b` whose route waits 300 ms for a response head.
 async fn with_300ms_response_timeout(b: &Backend) -> Gw {
-    gateway(&site(
+    gateway_one_worker(&site(
         &format!("\"{}\"", b.url()),
         "response_timeout = \"300ms\"",
         "",

@@ -25,7 +25,7 @@ const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 #[tokio::test]
 async fn keep_alive_connections_are_reused() {
     let (addr, conns) = raw_backend(|_, tcp| answer_each(tcp, OK)).await;
-    let gw = gateway(&app_site(&format!("http://{addr}"))).await;
+    let gw = gateway_one_worker(&app_site(&format!("http://{addr}"))).await;
     for _ in 0..3 {
         let r = get(gw.http(), "app.example.com", "/").await;
         assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "ok"));
@@ -49,7 +49,7 @@ async fn a_chunked_response_arrives_whole_and_leaves_the_connection_reusable() {
         }
     })
     .await;
-    let gw = gateway(&app_site(&format!("http://{addr}"))).await;
+    let gw = gateway_one_worker(&app_site(&format!("http://{addr}"))).await;
     for _ in 0..2 {
         let r = get(gw.http(), "app.example.com", "/").await;
         assert_eq!(r.text(), "hello world");
@@ -64,7 +64,7 @@ async fn a_body_delimited_by_close_is_read_to_the_end_and_its_connection_not_reu
         let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil the end").await;
     })
     .await;
-    let gw = gateway(&app_site(&format!("http://{addr}"))).await;
+    let gw = gateway_one_worker(&app_site(&format!("http://{addr}"))).await;
     for _ in 0..2 {
         assert_eq!(
             get(gw.http(), "app.example.com", "/").await.text(),
@@ -86,7 +86,7 @@ async fn interim_100_and_103_responses_are_skipped() {
         let _ = tcp.write_all(OK).await;
     })
     .await;
-    let gw = gateway(&app_site(&format!("http://{addr}"))).await;
+    let gw = gateway_one_worker(&app_site(&format!("http://{addr}"))).await;
     let r = get(gw.http(), "app.example.com", "/").await;
     assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "ok"));
 }
@@ -101,7 +101,7 @@ async fn conflicting_content_lengths_from_a_backend_are_502() {
             .await;
     })
     .await;
-    let gw = gateway(&app_site(&format!("http://{addr}"))).await;
+    let gw = gateway_one_worker(&app_site(&format!("http://{addr}"))).await;
     assert_eq!(get(gw.http(), "app.example.com", "/").await.status, 502);
 }
 
@@ -112,7 +112,7 @@ async fn a_backend_that_is_not_http_is_502() {
         let _ = tcp.write_all(b"SSH-2.0-OpenSSH_9.2\r\n\r\n").await;
     })
     .await;
-    let gw = gateway(&app_site(&format!("http://{addr}"))).await;
+    let gw = gateway_one_worker(&app_site(&format!("http://{addr}"))).await;
     assert_eq!(get(gw.http(), "app.example.com", "/").await.status, 502);
 }
 
@@ -130,7 +130,7 @@ async fn stale_after_one(n: usize, mut tcp: TcpStream) {
 #[tokio::test]
 async fn an_idempotent_request_is_replayed_once_when_a_reused_connection_dies_unanswered() {
     let (addr, conns) = raw_backend(stale_after_one).await;
-    let gw = gateway(&app_site(&format!("http://{addr}"))).await;
+    let gw = gateway_one_worker(&app_site(&format!("http://{addr}"))).await;
     assert_eq!(get(gw.http(), "app.example.com", "/1").await.status, 200);
     let r = get(gw.http(), "app.example.com", "/2").await;
     assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "ok"));
@@ -141,7 +141,7 @@ async fn an_idempotent_request_is_replayed_once_when_a_reused_connection_dies_un
 async fn a_post_is_not_replayed_when_a_reused_connection_dies_unanswered() {
     // RFC 9110 §9.2.2: the backend may have acted on it.
     let (addr, conns) = raw_backend(stale_after_one).await;
-    let gw = gateway(&app_site(&format!("http://{addr}"))).await;
+    let gw = gateway_one_worker(&app_site(&format!("http://{addr}"))).await;
     assert_eq!(get(gw.http(), "app.example.com", "/1").await.status, 200);
     let r = send(
         gw.http(),
@@ -168,7 +168,7 @@ async fn a_backend_that_answers_before_reading_the_body_is_heard() {
         while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
     })
     .await;
-    let gw = gateway(&app_site(&format!("http://{addr}"))).await;
+    let gw = gateway_one_worker(&app_site(&format!("http://{addr}"))).await;
     // The client declares 1 MiB and sends 1 KiB: the request body can never be finished, so the
     // 413 can only come through while it is still being sent.
     let mut tcp = TcpStream::connect(gw.http()).await.unwrap();
@@ -183,7 +183,7 @@ async fn a_backend_that_answers_before_reading_the_body_is_heard() {
 #[tokio::test]
 async fn a_chunked_upload_is_sent_chunked() {
     let b = backend("b").await;
-    let gw = gateway(&app_site(&b.url())).await;
+    let gw = gateway_one_worker(&app_site(&b.url())).await;
     let out = raw(
         gw.http(),
         b"POST /up HTTP/1.1\r\nHost: app.example.com\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n",
@@ -208,7 +208,7 @@ async fn a_body_cut_short_by_the_backend_is_not_completed() {
             .await;
     })
     .await;
-    let gw = gateway(&app_site(&format!("http://{addr}"))).await;
+    let gw = gateway_one_worker(&app_site(&format!("http://{addr}"))).await;
     let out = raw(
         gw.http(),
         b"GET / HTTP/1.1\r\nHost: app.example.com\r\n\r\n",

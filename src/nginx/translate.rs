@@ -690,7 +690,7 @@ impl Tr<'_> {
                 "keepalive" | "keepalive_timeout" | "keepalive_requests" => self.note(
                     s,
                     Outcome::Translated,
-                    "built in: backend connections are pooled and kept alive",
+                    "built in: backend connections are pooled and kept alive (up to 256 idle per backend and worker)",
                 ),
                 "least_conn" | "ip_hash" | "hash" | "random" | "least_time" | "sticky" => {
                     self.note(s, Outcome::Approximated, "Gatehouse balances round-robin")

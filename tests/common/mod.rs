@@ -254,6 +254,28 @@ pub fn init_log() {
 }
 
 pub async fn gateway_in(dir: tempfile::TempDir, toml: &str, env: &[(&str, &str)]) -> Gw {
+    gateway_on(dir, toml, env, workers()).await
+}
+
+/// As [`gateway`], on one worker: every client connection reaches the same worker, and so the
+/// same idle upstream connections (each worker keeps its own, as each nginx worker does). For
+/// tests about upstream connection reuse.
+pub async fn gateway_one_worker(toml: &str) -> Gw {
+    gateway_on(
+        tempfile::tempdir().unwrap(),
+        toml,
+        &[],
+        workers()[..1].to_vec(),
+    )
+    .await
+}
+
+pub async fn gateway_on(
+    dir: tempfile::TempDir,
+    toml: &str,
+    env: &[(&str, &str)],
+    workers: Vec<tokio::runtime::Handle>,
+) -> Gw {
     init_log();
     gatehouse::tls::install_default_provider();
     let path = dir.path().join("gatehouse.toml");
@@ -261,7 +283,7 @@ pub async fn gateway_in(dir: tempfile::TempDir, toml: &str, env: &[(&str, &str)]
     let gw = Gateway::start(gatehouse::Options {
         config_path: path.clone(),
         env: env_of(env),
-        workers: workers(),
+        workers,
     })
     .await
     .unwrap_or_else(|e| panic!("gateway did not start: {e}"));
