@@ -554,12 +554,11 @@ async fn write_response<T: AsyncWrite + Transport + Unpin>(
         let mut bufs: Vec<IoSlice<'_>> = Vec::with_capacity(pieces.len() + 1);
         bufs.push(IoSlice::new(&out));
         bufs.extend(pieces.iter().map(|p| IoSlice::new(p)));
-        if out.is_empty() && !*nodelay {
+        if out.is_empty() {
             // Not the response's first write (that one carries the head): a small piece
             // would otherwise wait for the peer's ACK of the last one, up to its delayed-ACK
             // timer (40 ms on Linux).
-            io.set_nodelay();
-            *nodelay = true;
+            nodelay_once(io, nodelay);
         }
         write_all(io, &mut bufs).await?;
         drop(bufs);
@@ -577,11 +576,19 @@ async fn write_response<T: AsyncWrite + Transport + Unpin>(
 /// open: the next response may be written before the peer has acknowledged this one
 /// (pipelining), and would then wait for that ACK.
 fn keep_open<T: Transport>(io: &T, keep_alive: bool, nodelay: &mut bool) -> bool {
-    if keep_alive && !*nodelay {
-        io.set_nodelay();
-        *nodelay = true;
+    if keep_alive {
+        nodelay_once(io, nodelay);
     }
     keep_alive
+}
+
+/// Turns Nagle's algorithm off unless `done` says it is off already (one system call per
+/// connection at most).
+fn nodelay_once<T: Transport>(io: &T, done: &mut bool) {
+    if !*done {
+        io.set_nodelay();
+        *done = true;
+    }
 }
 
 /// A body that does not match its declared length would desynchronise the connection: it is

@@ -4,9 +4,9 @@
 //! in a `SO_REUSEPORT` group: see [`Bound`]), and each loop never dies on an error (EMFILE
 //! backs off and retries; a per-connection error is ignored), caps open connections with a
 //! semaphore, sets `TCP_NODELAY` on TLS connections (a plain one gets it when it needs it:
-//! `h1_server::serve`), and spawns one task per connection. The task does the TLS handshake under a
-//! deadline, then serves HTTP/1.1 or HTTP/2 (chosen by ALPN, or by the h2c preface on plain
-//! listeners) with upgrades enabled.
+//! `h1_server::serve`), and spawns one task per connection. The task does the TLS handshake
+//! under a deadline, then serves HTTP/1.1 or HTTP/2 (chosen by ALPN, or by the h2c preface on
+//! plain listeners) with upgrades enabled.
 //!
 //! Client timeouts are ours, not hyper's, because hyper's header-read timer also starts while a
 //! keep-alive connection is idle, which would make `idle_timeout` and `header_read_timeout` the
