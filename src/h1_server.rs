@@ -119,10 +119,14 @@ impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
 ///
 /// Two states, so that a connection waiting for its next request costs little: idle (this
 /// function: the stream, one timer, the shutdown watch) and busy (a boxed [`burst`], holding
-/// the read buffer, the request, the handler and the response, freed when the connection is
-/// idle again). Unboxed, the busy state (2.5 KiB) made every connection that had just been
-/// served that much larger until it was parked, and idle memory measured after a burst of new
-/// connections (scenario 5) rose from 0.5-0.6 to 0.7-0.8 KiB per connection.
+/// the read buffer, the request, the handler and the response). Unboxed, the busy state
+/// (2.5 KiB) made every connection that had just been served that much larger until it was
+/// parked, and idle memory measured after a burst of new connections (scenario 5) rose from
+/// 0.5-0.6 to 0.7-0.8 KiB per connection. So a connection's first busy spell ends with its
+/// first response; a connection that comes back for more is likely to come back again soon,
+/// and its busy state waits for the next request for up to [`crate::park::PARK_AFTER`]: making
+/// a new one per request was a 2.5 KiB copy, an allocation and a free (about 1.5% of a small
+/// request's CPU time under `perf`).
 pub(crate) async fn serve<T>(
     mut io: T,
     read: BytesMut,
@@ -147,21 +151,32 @@ where
     let mut read = read;
     let mut nodelay = false;
     let park = limits.park && crate::park::PARK_AFTER < limits.idle;
-    // The idle deadline, once the connection has waited for a next request.
-    let mut idle_until = None;
+    // Since when the connection has waited for its next request, when a busy spell waited
+    // already (its wait counts towards the idle deadline).
+    let mut waiting_since: Option<Instant> = None;
+    let mut spells = 0u32;
     loop {
         if *closing.borrow() {
             return Next::Closed;
         }
         if read.is_empty() {
             let now = Instant::now();
-            let until = now + limits.idle;
-            idle_until = Some(until);
-            timer.as_mut().reset(if park {
-                now + crate::park::PARK_AFTER
+            let since = waiting_since.unwrap_or(now);
+            let until = since + limits.idle;
+            let wake = if park {
+                since + crate::park::PARK_AFTER
             } else {
                 until
-            });
+            };
+            if now >= wake {
+                return if park {
+                    Next::Park { io, until }
+                } else {
+                    Next::Closed
+                };
+            }
+            waiting_since = Some(since);
+            timer.as_mut().reset(wake);
             let ready = tokio::select! {
                 biased;
                 r = poll_fn(|cx| io.poll_readable(cx)) => r.is_ok(),
@@ -183,18 +198,19 @@ where
             shared,
             closing: &closing,
             limits,
+            stay: spells > 0,
         };
-        let busy = burst(&mut io, buf, &ctx, timer.as_mut(), &mut nodelay);
+        spells = spells.saturating_add(1);
+        let waits = Waits {
+            timer: timer.as_mut(),
+            shutdown: shutdown_signal.as_mut(),
+            since: waiting_since.take(),
+        };
+        let busy = burst(&mut io, buf, &ctx, waits, &mut nodelay);
         match Box::pin(busy).await {
-            Burst::Idle => {}
+            // Waiting for the next request (since `since`), in the idle state from now on.
+            Burst::Idle { since } => waiting_since = since,
             Burst::Closed => return Next::Closed,
-            // The wake-up had nothing to read, and the idle wait's timer ran out meanwhile.
-            Burst::Quiet => {
-                return match idle_until {
-                    Some(until) if park => Next::Park { io, until },
-                    _ => Next::Closed,
-                };
-            }
             Burst::Hyper(buf) => {
                 io.set_nodelay();
                 return Next::Hyper(Prefixed::new(buf.freeze(), io));
@@ -205,14 +221,17 @@ where
 
 /// How a busy spell ended.
 enum Burst {
-    /// Every buffered request answered: wait for the next one.
-    Idle,
+    /// Every buffered request answered: wait for the next one in the idle state. `since`:
+    /// when the wait began, if the busy spell waited already (`None`: it begins now).
+    ///
+    /// A busy spell also ends this way when it woke with nothing to read and its timer ran
+    /// out: readiness can be reported with nothing to read (a read that filled its buffer
+    /// leaves tokio believing the socket readable, and a TLS stream is always "readable"); the
+    /// idle state then decides from the times (park, close, or wait on) as if it had not woken.
+    Idle {
+        since: Option<Instant>,
+    },
     Closed,
-    /// The idle wait's timer ran out before the first byte of a head: readiness can be
-    /// reported with nothing to read (a read that filled its buffer leaves tokio believing the
-    /// socket readable, and a TLS stream is always "readable"). The idle wait decides: park or
-    /// close, as if it had not woken.
-    Quiet,
     /// hyper takes over, with these bytes read already.
     Hyper(BytesMut),
 }
@@ -223,23 +242,42 @@ struct BurstCtx<'a> {
     shared: &'a Arc<Shared>,
     closing: &'a watch::Receiver<bool>,
     limits: Limits,
+    /// Whether to wait for the next request in the busy state (see [`serve`]).
+    stay: bool,
+}
+
+/// The connection's timer and shutdown waiter, lent to a busy spell.
+struct Waits<'a, S> {
+    timer: Pin<&'a mut tokio::time::Sleep>,
+    shutdown: Pin<&'a mut S>,
+    /// When the connection began waiting for the request this spell reads first, if it is
+    /// waiting (`None`: a head has begun).
+    since: Option<Instant>,
 }
 
 /// Reads and answers requests while the client has some buffered (pipelining), from the first
-/// byte of a head to the end of the last response. `nodelay`: see [`write_response`].
-async fn burst<T>(
+/// byte of a head to the end of the last response, and (`ctx.stay`) while the next ones come
+/// soon enough. `nodelay`: see [`write_response`].
+async fn burst<T, S>(
     io: &mut T,
     mut buf: BytesMut,
     ctx: &BurstCtx<'_>,
-    mut timer: Pin<&mut tokio::time::Sleep>,
+    waits: Waits<'_, S>,
     nodelay: &mut bool,
 ) -> Burst
 where
     T: AsyncRead + AsyncWrite + Transport + Unpin,
+    S: Future<Output = ()>,
 {
+    let Waits {
+        mut timer,
+        mut shutdown,
+        since,
+    } = waits;
+    let mut waiting_since = since;
     loop {
-        // Read until a whole head is buffered: the caller's idle timer until its first byte (a
-        // TLS stream is always "readable", so the wait for the first byte may be here), then
+        // Read until a whole head is buffered: the idle timer until its first byte (a TLS
+        // stream is always "readable", so the wait for the first byte may be here), then
         // header_read_timeout from the first time the head is seen incomplete (a slowloris
         // client is closed, an idle one is not). A head that arrives whole, the common case,
         // costs no timer change.
@@ -266,7 +304,7 @@ where
                 r = io.read_buf(&mut buf) => r.unwrap_or(0),
                 _ = &mut timer => {
                     if quiet {
-                        return Burst::Quiet;
+                        return Burst::Idle { since: waiting_since };
                     }
                     0
                 }
@@ -274,6 +312,7 @@ where
             if n == 0 {
                 return Burst::Closed;
             }
+            waiting_since = None;
         };
         let head_only = req.method() == Method::HEAD;
         let version = req.version();
@@ -295,8 +334,27 @@ where
                 return Burst::Closed;
             }
         }
-        if buf.is_empty() {
-            return Burst::Idle;
+        if !buf.is_empty() {
+            // Pipelined: the next head is here already.
+            continue;
+        }
+        if !ctx.stay {
+            return Burst::Idle { since: None };
+        }
+        // Wait here for the next request, for a while (see [`serve`]).
+        let now = Instant::now();
+        waiting_since = Some(now);
+        timer
+            .as_mut()
+            .reset(now + crate::park::PARK_AFTER.min(ctx.limits.idle));
+        let ready = tokio::select! {
+            biased;
+            r = poll_fn(|cx| io.poll_readable(cx)) => r.is_ok(),
+            _ = shutdown.as_mut() => false,
+            _ = &mut timer => return Burst::Idle { since: waiting_since },
+        };
+        if !ready {
+            return Burst::Closed;
         }
     }
 }

@@ -368,25 +368,40 @@ async fn a_slowloris_request_after_hyper_took_the_connection_over_is_closed_too(
         .await;
 }
 
-/// Sends `first` on a new connection (idle_timeout 600 ms, header_read_timeout 200 ms) and
-/// checks the connection is closed at the idle timeout, not before.
-async fn closed_at_idle_timeout_after(first: &[u8]) {
-    let b = backend("b").await;
-    let gw = gateway(&site(
-        &format!("\"{}\"", b.url()),
-        "idle_timeout = \"600ms\"\nheader_read_timeout = \"200ms\"",
-        "",
-    ))
-    .await;
-    let mut tcp = tokio::net::TcpStream::connect(gw.http()).await.unwrap();
-    tcp.write_all(first).await.unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = within("the first response", tcp.read(&mut buf))
-        .await
-        .unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+/// Reads one response from the `backend("b")` behind the gateway (its body is "b").
+async fn read_b_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(b"\r\n\r\nb") {
+        let n = within("a response", s.read(&mut buf)).await.unwrap();
+        assert!(
+            n > 0,
+            "closed mid-response: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+}
+
+/// Sends `requests` one after another on `s` (idle_timeout 600 ms, header_read_timeout
+/// 200 ms), and checks the connection is closed at the idle timeout after the last answer, not
+/// before.
+async fn closed_at_idle_timeout<S>(mut s: S, requests: &[&[u8]])
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    for r in requests {
+        s.write_all(r).await.unwrap();
+        read_b_response(&mut s).await;
+    }
     let idle_from = std::time::Instant::now();
-    let n = within("the idle close", tcp.read(&mut buf))
+    let mut buf = [0u8; 64];
+    let n = within("the idle close", s.read(&mut buf))
         .await
         .unwrap_or(0);
     assert_eq!(n, 0);
@@ -397,9 +412,19 @@ async fn closed_at_idle_timeout_after(first: &[u8]) {
     );
 }
 
+const IDLE_LIMITS: &str = "idle_timeout = \"600ms\"\nheader_read_timeout = \"200ms\"";
+const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: app.example.com\r\n\r\n";
+
+async fn closed_at_idle_timeout_after(requests: &[&[u8]]) {
+    let b = backend("b").await;
+    let gw = gateway(&site(&format!("\"{}\"", b.url()), IDLE_LIMITS, "")).await;
+    let tcp = tokio::net::TcpStream::connect(gw.http()).await.unwrap();
+    closed_at_idle_timeout(tcp, requests).await;
+}
+
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_idle_timeout_not_header_timeout() {
-    closed_at_idle_timeout_after(b"GET / HTTP/1.1\r\nHost: app.example.com\r\n\r\n").await;
+    closed_at_idle_timeout_after(&[GET]).await;
 }
 
 #[tokio::test]
@@ -410,7 +435,46 @@ async fn a_head_that_fills_the_first_read_leaves_the_connection_idle_not_closed(
     let mut head = b"GET / HTTP/1.1\r\nHost: app.example.com\r\nX-Pad: ".to_vec();
     head.resize(1024 - 4, b'a');
     head.extend_from_slice(b"\r\n\r\n");
-    closed_at_idle_timeout_after(&head).await;
+    closed_at_idle_timeout_after(&[&head]).await;
+}
+
+#[tokio::test]
+async fn a_connection_that_came_back_is_closed_at_idle_timeout_too() {
+    // From its second request on, a connection waits for the next one in its busy state for
+    // 100 ms, then in the idle state (parked): the idle timeout counts from the last answer.
+    closed_at_idle_timeout_after(&[GET, GET, GET]).await;
+}
+
+#[tokio::test]
+async fn a_tls_connection_that_came_back_is_closed_at_idle_timeout_too() {
+    // A TLS stream always reports itself readable, and is not parked: its wait in the busy
+    // state ends in a read that times out, and the idle state must not take that for the idle
+    // timeout.
+    let b = backend("b").await;
+    let gw = gateway(&format!(
+        r#"
+[server]
+https = "127.0.0.1:0"
+{IDLE_LIMITS}
+
+[[site]]
+hosts = ["app.example.com"]
+tls = "self-signed"
+  [[site.route]]
+  prefix = "/"
+  upstream = "{}"
+"#,
+        b.url()
+    ))
+    .await;
+    let tls = tls_connect(
+        gw.https(),
+        common::pki::capture_config(&[b"http/1.1"]),
+        Some("app.example.com"),
+    )
+    .await
+    .unwrap();
+    closed_at_idle_timeout(tls, &[GET, GET, GET]).await;
 }
 
 #[tokio::test]

@@ -155,3 +155,54 @@ async fn shutdown_closes_parked_connections() {
         .unwrap();
     assert_eq!(rest, b"b");
 }
+
+#[tokio::test]
+async fn a_connection_that_came_back_is_parked_and_serves_on() {
+    let _turn = TURN.lock().await;
+    let b = backend("b").await;
+    let gw = gateway(&config(&b.url(), "60s")).await;
+    let admin = gw.gw.admin_addr().unwrap();
+    let mut c = client(gw.http()).await;
+    // From its second request on, a connection waits for the next one in its busy state for a
+    // while before it is parked.
+    for path in ["/1", "/2", "/3"] {
+        assert_eq!(fetch(&mut c, path).await, (200, "b".into()));
+    }
+    parked(admin, 1.0).await;
+    for path in ["/4", "/5"] {
+        assert_eq!(fetch(&mut c, path).await, (200, "b".into()));
+    }
+    parked(admin, 1.0).await;
+    assert_eq!(fetch(&mut c, "/6").await, (200, "b".into()));
+}
+
+#[tokio::test]
+async fn shutdown_closes_a_connection_waiting_for_its_next_request() {
+    let _turn = TURN.lock().await;
+    let b = backend("b").await;
+    let gw = gateway(&config(&b.url(), "60s")).await;
+    let mut tcp = TcpStream::connect(gw.http()).await.unwrap();
+    for _ in 0..2 {
+        tokio::io::AsyncWriteExt::write_all(
+            &mut tcp,
+            b"GET / HTTP/1.1\r\nHost: app.example.com\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let head = read_head(&mut tcp).await.expect("a response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let mut body = [0u8; 1];
+        within("the body", tcp.read_exact(&mut body)).await.unwrap();
+        assert_eq!(&body, b"b");
+    }
+    // Waiting in its busy state (or parked, on a slow machine): either way shutdown closes it.
+    assert!(
+        within("shutdown", gw.gw.shutdown(Duration::from_secs(10))).await,
+        "an idle connection held the shutdown up"
+    );
+    let mut rest = Vec::new();
+    within("the close", tcp.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+}
