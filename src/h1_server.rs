@@ -127,93 +127,99 @@ impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
 /// and its busy state waits for the next request for up to [`crate::park::PARK_AFTER`]: making
 /// a new one per request was a 2.5 KiB copy, an allocation and a free (about 1.5% of a small
 /// request's CPU time under `perf`).
-pub(crate) async fn serve<T>(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn holds its arguments twice: see proxy::serve"
+)]
+pub(crate) fn serve<T>(
     mut io: T,
     read: BytesMut,
     conn: &Arc<ConnInfo>,
     shared: &Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
     limits: Limits,
-) -> Next<T>
+) -> impl Future<Output = Next<T>>
 where
     T: AsyncRead + AsyncWrite + Transport + Unpin,
 {
-    // One timer and one shutdown waiter for the connection's life (a new waiter per request
-    // costs a registration each time).
-    let closing = shutdown.clone();
-    let shutdown_signal = async move {
-        let _ = shutdown.changed().await;
-    };
-    tokio::pin!(shutdown_signal);
-    let timer = tokio::time::sleep(limits.header_read);
-    tokio::pin!(timer);
-    // Bytes read already (the listener's look for the HTTP/2 preface): a head has begun.
-    let mut read = read;
-    let mut nodelay = false;
-    let park = limits.park && crate::park::PARK_AFTER < limits.idle;
-    // Since when the connection has waited for its next request, when a busy spell waited
-    // already (its wait counts towards the idle deadline).
-    let mut waiting_since: Option<Instant> = None;
-    let mut spells = 0u32;
-    loop {
-        if *closing.borrow() {
-            return Next::Closed;
-        }
-        if read.is_empty() {
-            let now = Instant::now();
-            let since = waiting_since.unwrap_or(now);
-            let until = since + limits.idle;
-            let wake = if park {
-                since + crate::park::PARK_AFTER
-            } else {
-                until
-            };
-            if now >= wake {
-                return if park {
-                    Next::Park { io, until }
-                } else {
-                    Next::Closed
-                };
-            }
-            waiting_since = Some(since);
-            timer.as_mut().reset(wake);
-            let ready = tokio::select! {
-                biased;
-                r = poll_fn(|cx| io.poll_readable(cx)) => r.is_ok(),
-                _ = &mut shutdown_signal => false,
-                _ = &mut timer => {
-                    if park {
-                        return Next::Park { io, until };
-                    }
-                    false
-                }
-            };
-            if !ready {
+    async move {
+        // One timer and one shutdown waiter for the connection's life (a new waiter per request
+        // costs a registration each time).
+        let closing = shutdown.clone();
+        let shutdown_signal = async move {
+            let _ = shutdown.changed().await;
+        };
+        tokio::pin!(shutdown_signal);
+        let timer = tokio::time::sleep(limits.header_read);
+        tokio::pin!(timer);
+        // Bytes read already (the listener's look for the HTTP/2 preface): a head has begun.
+        let mut read = read;
+        let mut nodelay = false;
+        let park = limits.park && crate::park::PARK_AFTER < limits.idle;
+        // Since when the connection has waited for its next request, when a busy spell waited
+        // already (its wait counts towards the idle deadline).
+        let mut waiting_since: Option<Instant> = None;
+        let mut spells = 0u32;
+        loop {
+            if *closing.borrow() {
                 return Next::Closed;
             }
-        }
-        let buf = std::mem::take(&mut read);
-        let ctx = BurstCtx {
-            conn,
-            shared,
-            closing: &closing,
-            limits,
-            stay: spells > 0,
-        };
-        spells = spells.saturating_add(1);
-        let waits = Waits {
-            timer: timer.as_mut(),
-            shutdown: shutdown_signal.as_mut(),
-            since: waiting_since.take(),
-        };
-        let busy = burst(&mut io, buf, &ctx, waits, &mut nodelay);
-        match Box::pin(busy).await {
-            // Waiting for the next request (since `since`), in the idle state from now on.
-            Burst::Idle { since } => waiting_since = since,
-            Burst::Closed => return Next::Closed,
-            Burst::Hyper(buf) => {
-                io.set_nodelay();
-                return Next::Hyper(Prefixed::new(buf.freeze(), io));
+            if read.is_empty() {
+                let now = Instant::now();
+                let since = waiting_since.unwrap_or(now);
+                let until = since + limits.idle;
+                let wake = if park {
+                    since + crate::park::PARK_AFTER
+                } else {
+                    until
+                };
+                if now >= wake {
+                    return if park {
+                        Next::Park { io, until }
+                    } else {
+                        Next::Closed
+                    };
+                }
+                waiting_since = Some(since);
+                timer.as_mut().reset(wake);
+                let ready = tokio::select! {
+                    biased;
+                    r = poll_fn(|cx| io.poll_readable(cx)) => r.is_ok(),
+                    _ = &mut shutdown_signal => false,
+                    _ = &mut timer => {
+                        if park {
+                            return Next::Park { io, until };
+                        }
+                        false
+                    }
+                };
+                if !ready {
+                    return Next::Closed;
+                }
+            }
+            let buf = std::mem::take(&mut read);
+            let ctx = BurstCtx {
+                conn,
+                shared,
+                closing: &closing,
+                limits,
+                stay: spells > 0,
+            };
+            spells = spells.saturating_add(1);
+            let waits = Waits {
+                timer: timer.as_mut(),
+                shutdown: shutdown_signal.as_mut(),
+                since: waiting_since.take(),
+            };
+            let busy = burst(&mut io, buf, &ctx, waits, &mut nodelay);
+            match Box::pin(busy).await {
+                // Waiting for the next request (since `since`), in the idle state from now on.
+                Burst::Idle { since } => waiting_since = since,
+                Burst::Closed => return Next::Closed,
+                Burst::Hyper(buf) => {
+                    io.set_nodelay();
+                    return Next::Hyper(Prefixed::new(buf.freeze(), io));
+                }
             }
         }
     }
@@ -258,103 +264,109 @@ struct Waits<'a, S> {
 /// Reads and answers requests while the client has some buffered (pipelining), from the first
 /// byte of a head to the end of the last response, and (`ctx.stay`) while the next ones come
 /// soon enough. `nodelay`: see [`write_response`].
-async fn burst<T, S>(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn holds its arguments twice: see proxy::serve"
+)]
+fn burst<T, S>(
     io: &mut T,
     mut buf: BytesMut,
     ctx: &BurstCtx<'_>,
     waits: Waits<'_, S>,
     nodelay: &mut bool,
-) -> Burst
+) -> impl Future<Output = Burst>
 where
     T: AsyncRead + AsyncWrite + Transport + Unpin,
     S: Future<Output = ()>,
 {
-    let Waits {
-        mut timer,
-        mut shutdown,
-        since,
-    } = waits;
-    let mut waiting_since = since;
-    loop {
-        // Read until a whole head is buffered: the idle timer until its first byte (a TLS
-        // stream is always "readable", so the wait for the first byte may be here), then
-        // header_read_timeout from the first time the head is seen incomplete (a slowloris
-        // client is closed, an idle one is not). A head that arrives whole, the common case,
-        // costs no timer change.
-        let mut head_deadline = false;
-        let (req, keep_alive) = loop {
-            if !buf.is_empty() {
-                match parse(&mut buf) {
-                    Ok(Some(parsed)) => break parsed,
-                    Ok(None) if buf.len() < ctx.limits.max_header => {
-                        if !head_deadline {
-                            timer
-                                .as_mut()
-                                .reset(Instant::now() + ctx.limits.header_read);
-                            head_deadline = true;
+    async move {
+        let Waits {
+            mut timer,
+            mut shutdown,
+            since,
+        } = waits;
+        let mut waiting_since = since;
+        loop {
+            // Read until a whole head is buffered: the idle timer until its first byte (a TLS
+            // stream is always "readable", so the wait for the first byte may be here), then
+            // header_read_timeout from the first time the head is seen incomplete (a slowloris
+            // client is closed, an idle one is not). A head that arrives whole, the common case,
+            // costs no timer change.
+            let mut head_deadline = false;
+            let (req, keep_alive) = loop {
+                if !buf.is_empty() {
+                    match parse(&mut buf) {
+                        Ok(Some(parsed)) => break parsed,
+                        Ok(None) if buf.len() < ctx.limits.max_header => {
+                            if !head_deadline {
+                                timer
+                                    .as_mut()
+                                    .reset(Instant::now() + ctx.limits.header_read);
+                                head_deadline = true;
+                            }
                         }
+                        Ok(None) | Err(Handover) => return Burst::Hyper(buf),
                     }
-                    Ok(None) | Err(Handover) => return Burst::Hyper(buf),
                 }
-            }
-            buf.reserve(READ_CHUNK);
-            let quiet = buf.is_empty();
-            let n = tokio::select! {
-                biased;
-                r = io.read_buf(&mut buf) => r.unwrap_or(0),
-                _ = &mut timer => {
-                    if quiet {
-                        return Burst::Idle { since: waiting_since };
+                buf.reserve(READ_CHUNK);
+                let quiet = buf.is_empty();
+                let n = tokio::select! {
+                    biased;
+                    r = io.read_buf(&mut buf) => r.unwrap_or(0),
+                    _ = &mut timer => {
+                        if quiet {
+                            return Burst::Idle { since: waiting_since };
+                        }
+                        0
                     }
-                    0
+                };
+                if n == 0 {
+                    return Burst::Closed;
                 }
+                waiting_since = None;
             };
-            if n == 0 {
-                return Burst::Closed;
-            }
-            waiting_since = None;
-        };
-        let head_only = req.method() == Method::HEAD;
-        let version = req.version();
-        let resp = match crate::proxy::serve(req, ctx.conn.clone(), ctx.shared.clone()).await {
-            Ok(r) => r,
-            Err(never) => match never {},
-        };
-        let keep_alive = keep_alive && !*ctx.closing.borrow();
-        match write_response(io, resp, version, head_only, keep_alive, nodelay).await {
-            Ok(true) => {}
-            Ok(false) => {
-                if T::CLOSE_NEEDS_SHUTDOWN {
-                    let _ = io.shutdown().await;
+            let head_only = req.method() == Method::HEAD;
+            let version = req.version();
+            let resp = match crate::proxy::serve(req, ctx.conn.clone(), ctx.shared.clone()).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            };
+            let keep_alive = keep_alive && !*ctx.closing.borrow();
+            match write_response(io, resp, version, head_only, keep_alive, nodelay).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    if T::CLOSE_NEEDS_SHUTDOWN {
+                        let _ = io.shutdown().await;
+                    }
+                    return Burst::Closed;
                 }
+                Err(e) => {
+                    tracing::debug!(peer = %ctx.conn.peer, error = %e, "connection ended while writing a response");
+                    return Burst::Closed;
+                }
+            }
+            if !buf.is_empty() {
+                // Pipelined: the next head is here already.
+                continue;
+            }
+            if !ctx.stay {
+                return Burst::Idle { since: None };
+            }
+            // Wait here for the next request, for a while (see [`serve`]).
+            let now = Instant::now();
+            waiting_since = Some(now);
+            timer
+                .as_mut()
+                .reset(now + crate::park::PARK_AFTER.min(ctx.limits.idle));
+            let ready = tokio::select! {
+                biased;
+                r = poll_fn(|cx| io.poll_readable(cx)) => r.is_ok(),
+                _ = shutdown.as_mut() => false,
+                _ = &mut timer => return Burst::Idle { since: waiting_since },
+            };
+            if !ready {
                 return Burst::Closed;
             }
-            Err(e) => {
-                tracing::debug!(peer = %ctx.conn.peer, error = %e, "connection ended while writing a response");
-                return Burst::Closed;
-            }
-        }
-        if !buf.is_empty() {
-            // Pipelined: the next head is here already.
-            continue;
-        }
-        if !ctx.stay {
-            return Burst::Idle { since: None };
-        }
-        // Wait here for the next request, for a while (see [`serve`]).
-        let now = Instant::now();
-        waiting_since = Some(now);
-        timer
-            .as_mut()
-            .reset(now + crate::park::PARK_AFTER.min(ctx.limits.idle));
-        let ready = tokio::select! {
-            biased;
-            r = poll_fn(|cx| io.poll_readable(cx)) => r.is_ok(),
-            _ = shutdown.as_mut() => false,
-            _ = &mut timer => return Burst::Idle { since: waiting_since },
-        };
-        if !ready {
-            return Burst::Closed;
         }
     }
 }
@@ -444,190 +456,198 @@ fn parse(buf: &mut BytesMut) -> Result<Option<(Request<ReqBody>, bool)>, Handove
 /// Writes a response; returns whether the connection may carry another request. `nodelay`:
 /// whether Nagle's algorithm is off already; it is turned off before the response's second
 /// write, and after the response when the connection stays open (see [`serve`]).
-async fn write_response<T: AsyncWrite + Transport + Unpin>(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn holds its arguments twice: see proxy::serve"
+)]
+fn write_response<T: AsyncWrite + Transport + Unpin>(
     io: &mut T,
     resp: Response<Body>,
     req_version: Version,
     head_only: bool,
     mut keep_alive: bool,
     nodelay: &mut bool,
-) -> io::Result<bool> {
-    let (parts, mut body) = resp.into_parts();
-    let status = parts.status;
-    // One walk over the fields for what framing needs (three lookups hashed each name).
-    let (mut length_field, mut has_date) = (None, false);
-    for (name, value) in &parts.headers {
-        if name == header::CONNECTION {
-            if crate::headers::has_token(value, "close") {
-                keep_alive = false;
+) -> impl Future<Output = io::Result<bool>> {
+    async move {
+        let (parts, mut body) = resp.into_parts();
+        let status = parts.status;
+        // One walk over the fields for what framing needs (three lookups hashed each name).
+        let (mut length_field, mut has_date) = (None, false);
+        for (name, value) in &parts.headers {
+            if name == header::CONNECTION {
+                if crate::headers::has_token(value, "close") {
+                    keep_alive = false;
+                }
+            } else if name == header::CONTENT_LENGTH {
+                // The first value, as a lookup would give.
+                length_field.get_or_insert(value);
+            } else if name == header::DATE {
+                has_date = true;
             }
-        } else if name == header::CONTENT_LENGTH {
-            // The first value, as a lookup would give.
-            length_field.get_or_insert(value);
-        } else if name == header::DATE {
-            has_date = true;
         }
-    }
-    let declared = length_field
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    // RFC 9112 §6.3: no body after HEAD, 1xx, 204, 304.
-    let bodiless = head_only
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
-    // The length: the header's when the response has one (a static file knows its size; its
-    // streamed body does not), else the body's when it is known.
-    let length = declared.or_else(|| body.size_hint().exact());
-    let chunked = !bodiless && length.is_none() && req_version == Version::HTTP_11;
-    if !bodiless && length.is_none() && req_version == Version::HTTP_10 {
-        // An HTTP/1.0 client knows no chunked coding: the end of the body is the close.
-        keep_alive = false;
-    }
-    let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        let framing = name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING;
-        // Our own framing replaces the map's, except that HEAD and 304 keep the length the GET
-        // would have had (RFC 9110 §8.6).
-        let keep_length = name == header::CONTENT_LENGTH
-            && bodiless
-            && !status.is_informational()
-            && status != StatusCode::NO_CONTENT;
-        if name == header::CONNECTION || (framing && !keep_length) {
-            continue;
+        let declared = length_field
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        // RFC 9112 §6.3: no body after HEAD, 1xx, 204, 304.
+        let bodiless = head_only
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        // The length: the header's when the response has one (a static file knows its size; its
+        // streamed body does not), else the body's when it is known.
+        let length = declared.or_else(|| body.size_hint().exact());
+        let chunked = !bodiless && length.is_none() && req_version == Version::HTTP_11;
+        if !bodiless && length.is_none() && req_version == Version::HTTP_10 {
+            // An HTTP/1.0 client knows no chunked coding: the end of the body is the close.
+            keep_alive = false;
         }
-        push_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
-    }
-    if head_only && declared.is_none() && length.is_some_and(|n| n > 0) {
-        // A HEAD answered by a body we would have sent (a fixed response): its length.
-        push_field(
-            &mut out,
-            b"content-length",
-            crate::h1::decimal(length.unwrap_or(0), &mut [0; 20]),
-        );
-    }
-    if !bodiless {
-        match length {
-            Some(n) => push_field(
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for (name, value) in &parts.headers {
+            let framing = name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING;
+            // Our own framing replaces the map's, except that HEAD and 304 keep the length the GET
+            // would have had (RFC 9110 §8.6).
+            let keep_length = name == header::CONTENT_LENGTH
+                && bodiless
+                && !status.is_informational()
+                && status != StatusCode::NO_CONTENT;
+            if name == header::CONNECTION || (framing && !keep_length) {
+                continue;
+            }
+            push_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        if head_only && declared.is_none() && length.is_some_and(|n| n > 0) {
+            // A HEAD answered by a body we would have sent (a fixed response): its length.
+            push_field(
                 &mut out,
                 b"content-length",
-                crate::h1::decimal(n, &mut [0; 20]),
-            ),
-            None if chunked => push_field(&mut out, b"transfer-encoding", b"chunked"),
-            None => {}
+                crate::h1::decimal(length.unwrap_or(0), &mut [0; 20]),
+            );
         }
-    }
-    if !has_date {
-        push_field(&mut out, b"date", date().as_bytes());
-    }
-    if !keep_alive {
-        push_field(&mut out, b"connection", b"close");
-    } else if req_version == Version::HTTP_10 {
-        push_field(&mut out, b"connection", b"keep-alive");
-    }
-    out.extend_from_slice(b"\r\n");
-    crate::h1::recycle_map(parts.headers);
-    if bodiless {
-        drop(body);
-        write_all(io, &mut [IoSlice::new(&out)]).await?;
-        return Ok(keep_open(io, keep_alive, nodelay));
-    }
-    // A small body that is all there already goes out copied behind the head, in one write
-    // without gathering (the common small API answer: two allocations fewer).
-    let mut first = None;
-    if let (Some(n), false) = (length.filter(|&n| n <= SMALL_BODY as u64), chunked) {
-        match ready_now(&mut body) {
-            Ready::Whole(data) => {
-                if data.len() as u64 != n {
-                    return Err(length_mismatch());
-                }
-                out.extend_from_slice(&data);
-                write_all(io, &mut [IoSlice::new(&out)]).await?;
-                io.flush().await?;
-                return Ok(keep_open(io, keep_alive, nodelay));
+        if !bodiless {
+            match length {
+                Some(n) => push_field(
+                    &mut out,
+                    b"content-length",
+                    crate::h1::decimal(n, &mut [0; 20]),
+                ),
+                None if chunked => push_field(&mut out, b"transfer-encoding", b"chunked"),
+                None => {}
             }
-            Ready::First(data) => first = Some(data),
-            Ready::Failed(e) => return Err(io::Error::other(e)),
-            Ready::NotYet => {}
         }
-    }
-    // The head goes out with the first piece of the body, in one write. Then every piece the
-    // body has ready is gathered into one vectored write (as hyper does), and a body that has
-    // nothing ready is never waited for with bytes held back (server-sent events stream).
-    let mut sent = 0u64;
-    let mut pieces: Vec<Bytes> = Vec::new();
-    loop {
-        let mut end = false;
-        let mut ready = 0usize;
-        while ready < MAX_GATHER_BYTES && pieces.len() < MAX_GATHER_PIECES {
-            let polled = match first.take() {
-                Some(data) => Some(Some(Ok(http_body::Frame::data(data)))),
-                None => {
-                    poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
-                        // Nothing more ready: write what we have (the head at least) first.
-                        Poll::Pending if !pieces.is_empty() || !out.is_empty() => Poll::Ready(None),
-                        Poll::Pending => Poll::Pending,
-                        Poll::Ready(f) => Poll::Ready(Some(f)),
-                    })
-                    .await
+        if !has_date {
+            push_field(&mut out, b"date", date().as_bytes());
+        }
+        if !keep_alive {
+            push_field(&mut out, b"connection", b"close");
+        } else if req_version == Version::HTTP_10 {
+            push_field(&mut out, b"connection", b"keep-alive");
+        }
+        out.extend_from_slice(b"\r\n");
+        crate::h1::recycle_map(parts.headers);
+        if bodiless {
+            drop(body);
+            write_all(io, &mut [IoSlice::new(&out)]).await?;
+            return Ok(keep_open(io, keep_alive, nodelay));
+        }
+        // A small body that is all there already goes out copied behind the head, in one write
+        // without gathering (the common small API answer: two allocations fewer).
+        let mut first = None;
+        if let (Some(n), false) = (length.filter(|&n| n <= SMALL_BODY as u64), chunked) {
+            match ready_now(&mut body) {
+                Ready::Whole(data) => {
+                    if data.len() as u64 != n {
+                        return Err(length_mismatch());
+                    }
+                    out.extend_from_slice(&data);
+                    write_all(io, &mut [IoSlice::new(&out)]).await?;
+                    io.flush().await?;
+                    return Ok(keep_open(io, keep_alive, nodelay));
                 }
-            };
-            let Some(frame) = polled else { break };
-            let data = match frame {
-                None => {
+                Ready::First(data) => first = Some(data),
+                Ready::Failed(e) => return Err(io::Error::other(e)),
+                Ready::NotYet => {}
+            }
+        }
+        // The head goes out with the first piece of the body, in one write. Then every piece the
+        // body has ready is gathered into one vectored write (as hyper does), and a body that has
+        // nothing ready is never waited for with bytes held back (server-sent events stream).
+        let mut sent = 0u64;
+        let mut pieces: Vec<Bytes> = Vec::new();
+        loop {
+            let mut end = false;
+            let mut ready = 0usize;
+            while ready < MAX_GATHER_BYTES && pieces.len() < MAX_GATHER_PIECES {
+                let polled = match first.take() {
+                    Some(data) => Some(Some(Ok(http_body::Frame::data(data)))),
+                    None => {
+                        poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+                            // Nothing more ready: write what we have (the head at least) first.
+                            Poll::Pending if !pieces.is_empty() || !out.is_empty() => {
+                                Poll::Ready(None)
+                            }
+                            Poll::Pending => Poll::Pending,
+                            Poll::Ready(f) => Poll::Ready(Some(f)),
+                        })
+                        .await
+                    }
+                };
+                let Some(frame) = polled else { break };
+                let data = match frame {
+                    None => {
+                        end = true;
+                        break;
+                    }
+                    Some(Ok(f)) => f.into_data().unwrap_or_default(),
+                    // The client gets a short body on a closed connection, never a padded one.
+                    Some(Err(e)) => return Err(io::Error::other(e)),
+                };
+                sent += data.len() as u64;
+                if !data.is_empty() {
+                    if chunked {
+                        pieces.push(crate::h1::chunk_header(data.len()));
+                    }
+                    ready += data.len();
+                    pieces.push(data);
+                    if chunked {
+                        pieces.push(Bytes::from_static(b"\r\n"));
+                    }
+                }
+                if body.is_end_stream() {
                     end = true;
                     break;
                 }
-                Some(Ok(f)) => f.into_data().unwrap_or_default(),
-                // The client gets a short body on a closed connection, never a padded one.
-                Some(Err(e)) => return Err(io::Error::other(e)),
-            };
-            sent += data.len() as u64;
-            if !data.is_empty() {
-                if chunked {
-                    pieces.push(crate::h1::chunk_header(data.len()));
-                }
-                ready += data.len();
-                pieces.push(data);
-                if chunked {
-                    pieces.push(Bytes::from_static(b"\r\n"));
-                }
             }
-            if body.is_end_stream() {
-                end = true;
+            if length.is_some_and(|n| sent > n || (end && sent < n)) {
+                return Err(length_mismatch());
+            }
+            if end && chunked {
+                pieces.push(Bytes::from_static(b"0\r\n\r\n"));
+            }
+            let mut bufs: Vec<IoSlice<'_>> = Vec::with_capacity(pieces.len() + 1);
+            bufs.push(IoSlice::new(&out));
+            bufs.extend(pieces.iter().map(|p| IoSlice::new(p)));
+            if out.is_empty() {
+                // Not the response's first write (that one carries the head): a small piece
+                // would otherwise wait for the peer's ACK of the last one, up to its delayed-ACK
+                // timer (40 ms on Linux).
+                nodelay_once(io, nodelay);
+            }
+            write_all(io, &mut bufs).await?;
+            drop(bufs);
+            out.clear();
+            pieces.clear();
+            if end {
                 break;
             }
         }
-        if length.is_some_and(|n| sent > n || (end && sent < n)) {
-            return Err(length_mismatch());
-        }
-        if end && chunked {
-            pieces.push(Bytes::from_static(b"0\r\n\r\n"));
-        }
-        let mut bufs: Vec<IoSlice<'_>> = Vec::with_capacity(pieces.len() + 1);
-        bufs.push(IoSlice::new(&out));
-        bufs.extend(pieces.iter().map(|p| IoSlice::new(p)));
-        if out.is_empty() {
-            // Not the response's first write (that one carries the head): a small piece
-            // would otherwise wait for the peer's ACK of the last one, up to its delayed-ACK
-            // timer (40 ms on Linux).
-            nodelay_once(io, nodelay);
-        }
-        write_all(io, &mut bufs).await?;
-        drop(bufs);
-        out.clear();
-        pieces.clear();
-        if end {
-            break;
-        }
+        io.flush().await?;
+        Ok(keep_open(io, keep_alive, nodelay))
     }
-    io.flush().await?;
-    Ok(keep_open(io, keep_alive, nodelay))
 }
 
 /// Passes `keep_alive` through, first turning Nagle's algorithm off if the connection stays
@@ -691,19 +711,25 @@ fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-async fn write_all<T: AsyncWrite + Unpin>(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn holds its arguments twice: see proxy::serve"
+)]
+fn write_all<T: AsyncWrite + Unpin>(
     io: &mut T,
     mut bufs: &mut [IoSlice<'_>],
-) -> io::Result<()> {
-    IoSlice::advance_slices(&mut bufs, 0);
-    while !bufs.is_empty() {
-        let n = io.write_vectored(bufs).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+) -> impl Future<Output = io::Result<()>> {
+    async move {
+        IoSlice::advance_slices(&mut bufs, 0);
+        while !bufs.is_empty() {
+            let n = io.write_vectored(bufs).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut bufs, n);
         }
-        IoSlice::advance_slices(&mut bufs, n);
+        Ok(())
     }
-    Ok(())
 }
 
 /// The `Date` header value (RFC 9110 §6.6.1), formatted once a second per thread.

@@ -344,26 +344,32 @@ impl Pool {
 
     /// A live connection: an idle one that is still open, or a new one, made by `deadline` (the
     /// response deadline counts the connecting too, as it does for the caller's own timer).
-    async fn checkout(
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn holds its arguments twice: see proxy::serve"
+    )]
+    fn checkout(
         &self,
         now: Instant,
         deadline: Option<Instant>,
-    ) -> Result<Box<Pooled>, SendError> {
-        while let Some(mut c) = self.take_idle(now) {
-            // Read once: a connection the backend closed (or wrote to) while idle is dropped.
-            let alive = poll_fn(|cx| Poll::Ready(c.poll_fill(cx).is_pending())).await;
-            if alive {
-                return Ok(c);
+    ) -> impl Future<Output = Result<Box<Pooled>, SendError>> {
+        async move {
+            while let Some(mut c) = self.take_idle(now) {
+                // Read once: a connection the backend closed (or wrote to) while idle is dropped.
+                let alive = poll_fn(|cx| Poll::Ready(c.poll_fill(cx).is_pending())).await;
+                if alive {
+                    return Ok(c);
+                }
             }
-        }
-        // Boxed: connecting (a TLS handshake's state) is 1.3 KiB that every request's future
-        // would otherwise carry, and copy at each level above, to use on a new connection only.
-        let connect = Box::pin(self.connect());
-        match deadline {
-            Some(d) => tokio::time::timeout_at(d.into(), connect)
-                .await
-                .map_err(|_| SendError::Timeout)?,
-            None => connect.await,
+            // Boxed: connecting (a TLS handshake's state) is 1.3 KiB that every request's future
+            // would otherwise carry, and copy at each level above, to use on a new connection only.
+            let connect = Box::pin(self.connect());
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d.into(), connect)
+                    .await
+                    .map_err(|_| SendError::Timeout)?,
+                None => connect.await,
+            }
         }
     }
 
@@ -371,68 +377,75 @@ impl Pool {
     /// `timeout`, a response head that has not arrived that long after the call is
     /// [`SendError::Timeout`] (a request with a body is timed by the caller instead, from the end
     /// of its body).
-    pub async fn send(
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn holds its arguments twice: see proxy::serve"
+    )]
+    pub fn send(
         self: &Arc<Self>,
         req: Request<UpstreamBody>,
         timeout: Option<Duration>,
-    ) -> Result<Response<PooledBody>, SendError> {
-        // One clock read serves the pool's idle check, the deadline and the connection's idle
-        // mark (each read is a vDSO call: 7 per request were 1.4% of a small request's time).
-        let now = Instant::now();
-        let deadline = timeout.map(|t| now + t);
-        let (mut parts, mut body) = req.into_parts();
-        let framing = h1::request_framing(body.is_end_stream(), body.size_hint().exact());
-        let mut head = Vec::with_capacity(512);
-        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        h1::encode_request_head(&mut head, &parts.method, pq, &parts.headers, framing);
-        h1::recycle_map(std::mem::take(&mut parts.headers));
-        loop {
-            let mut c = self.checkout(now, deadline).await?;
-            // Idle from the start of its last request, not the end: the pool gives a connection
-            // up a response time early, which errs on the side of a backend that closes it.
-            c.idle_since = now;
-            let mut ex = Exchange::new(&head, &mut body, framing);
-            let result = poll_fn(|cx| match ex.poll(&mut c, cx) {
-                Poll::Pending if deadline.is_some_and(|d| c.poll_timed_out(cx, d)) => {
-                    Poll::Ready(Err(SendError::Timeout))
+    ) -> impl Future<Output = Result<Response<PooledBody>, SendError>> {
+        async move {
+            // One clock read serves the pool's idle check, the deadline and the connection's idle
+            // mark (each read is a vDSO call: 7 per request were 1.4% of a small request's time).
+            let now = Instant::now();
+            let deadline = timeout.map(|t| now + t);
+            let (mut parts, mut body) = req.into_parts();
+            let framing = h1::request_framing(body.is_end_stream(), body.size_hint().exact());
+            let mut head = Vec::with_capacity(512);
+            let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            h1::encode_request_head(&mut head, &parts.method, pq, &parts.headers, framing);
+            h1::recycle_map(std::mem::take(&mut parts.headers));
+            loop {
+                let mut c = self.checkout(now, deadline).await?;
+                // Idle from the start of its last request, not the end: the pool gives a connection
+                // up a response time early, which errs on the side of a backend that closes it.
+                c.idle_since = now;
+                let mut ex = Exchange::new(&head, &mut body, framing);
+                let result = poll_fn(|cx| match ex.poll(&mut c, cx) {
+                    Poll::Pending if deadline.is_some_and(|d| c.poll_timed_out(cx, d)) => {
+                        Poll::Ready(Err(SendError::Timeout))
+                    }
+                    polled => polled,
+                })
+                .await;
+                let replayable = ex.replayable(&parts.method);
+                let body_sent = ex.body_done && ex.head.is_empty() && ex.out.is_empty();
+                drop(ex);
+                let resp = match result {
+                    Ok(r) => r,
+                    // A timeout is the backend's slowness, not a connection that went stale.
+                    Err(e) if c.reused && replayable && !matches!(e, SendError::Timeout) => {
+                        tracing::debug!(backend = %self.target.label, error = %e, "pooled connection failed before the response; retrying on a new one");
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                let len =
+                    h1::response_body_len(&parts.method, &resp).map_err(SendError::Protocol)?;
+                // An unfinished request body leaves the connection mid-message: close it after.
+                let keep = h1::keep_alive(&resp) && body_sent && len != BodyLen::UntilClose;
+                let mut out = Response::new(());
+                *out.status_mut() = resp.status;
+                *out.version_mut() = resp.version;
+                *out.headers_mut() = resp.headers;
+                let mut pb = PooledBody {
+                    conn: Some(c),
+                    state: match len {
+                        BodyLen::Empty => BodyState::Done,
+                        BodyLen::Length(n) => BodyState::Length(n),
+                        BodyLen::Chunked => BodyState::Chunked(ChunkedDecoder::default()),
+                        BodyLen::UntilClose => BodyState::UntilClose,
+                    },
+                    keep,
+                    pool: self.clone(),
+                };
+                if len == BodyLen::Empty {
+                    pb.release();
                 }
-                polled => polled,
-            })
-            .await;
-            let replayable = ex.replayable(&parts.method);
-            let body_sent = ex.body_done && ex.head.is_empty() && ex.out.is_empty();
-            drop(ex);
-            let resp = match result {
-                Ok(r) => r,
-                // A timeout is the backend's slowness, not a connection that went stale.
-                Err(e) if c.reused && replayable && !matches!(e, SendError::Timeout) => {
-                    tracing::debug!(backend = %self.target.label, error = %e, "pooled connection failed before the response; retrying on a new one");
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            let len = h1::response_body_len(&parts.method, &resp).map_err(SendError::Protocol)?;
-            // An unfinished request body leaves the connection mid-message: close it after.
-            let keep = h1::keep_alive(&resp) && body_sent && len != BodyLen::UntilClose;
-            let mut out = Response::new(());
-            *out.status_mut() = resp.status;
-            *out.version_mut() = resp.version;
-            *out.headers_mut() = resp.headers;
-            let mut pb = PooledBody {
-                conn: Some(c),
-                state: match len {
-                    BodyLen::Empty => BodyState::Done,
-                    BodyLen::Length(n) => BodyState::Length(n),
-                    BodyLen::Chunked => BodyState::Chunked(ChunkedDecoder::default()),
-                    BodyLen::UntilClose => BodyState::UntilClose,
-                },
-                keep,
-                pool: self.clone(),
-            };
-            if len == BodyLen::Empty {
-                pb.release();
+                return Ok(out.map(|()| pb));
             }
-            return Ok(out.map(|()| pb));
         }
     }
 }
