@@ -72,16 +72,28 @@ CONF
   ;;
 *) echo "usage: $0 [gatehouse|nginx]" >&2; exit 2 ;;
 esac
+# Ready when a request gets a 2xx through the proxy: a 502 (the upstream could not bind its
+# port) would be measured as the cost of an error answer and its log line.
 for _ in $(seq 1 100); do
-  curl -s -o /dev/null http://127.0.0.1:$PORT/ && break
+  curl -sf -o /dev/null http://127.0.0.1:$PORT/ && break
   sleep 0.3
 done
+if ! curl -sf -o /dev/null http://127.0.0.1:$PORT/; then
+  echo "no 2xx answer through $WHO on port $PORT (upstream on $UP_PORT); run again" >&2
+  exit 1
+fi
 if [ -n "${NEW_CONN:-}" ]; then
   # A new connection per request (scenario 3): wrk with `Connection: close`. wrk runs for a
   # time, so N is the count it reports.
   wrk -t1 -c8 -d2s -H "Connection: close" http://127.0.0.1:$PORT/api/x >/dev/null
   callgrind_control -z "$PID" >/dev/null 2>&1
-  N=$(wrk -t1 -c8 -d10s -H "Connection: close" http://127.0.0.1:$PORT/api/x | awk '/requests in/{print $1}')
+  R=$(wrk -t1 -c8 -d10s -H "Connection: close" http://127.0.0.1:$PORT/api/x)
+  if grep -q "Non-2xx" <<<"$R"; then
+    echo "$R" >&2
+    echo "some answers were not 2xx: not a measurement of the proxied request; run again" >&2
+    exit 1
+  fi
+  N=$(awk '/requests in/{print $1}' <<<"$R")
   echo "requests: $N, each on a new connection"
 else
   h2load --h1 -n 2000 -c 8 http://127.0.0.1:$PORT/api/x >/dev/null
