@@ -125,8 +125,8 @@ impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
 /// 0.5-0.6 to 0.7-0.8 KiB per connection. So a connection's first busy spell ends with its
 /// first response; a connection that comes back for more is likely to come back again soon,
 /// and its busy state waits for the next request for up to [`crate::park::PARK_AFTER`]: making
-/// a new one per request was a 2.5 KiB copy, an allocation and a free (about 1.5% of a small
-/// request's CPU time under `perf`).
+/// a new one per request was a 2.4 KiB copy (0.9% of the time in a `perf` profile), an
+/// allocation and a free.
 #[expect(
     clippy::manual_async_fn,
     reason = "an async fn holds its arguments twice: see proxy::serve"
