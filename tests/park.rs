@@ -60,15 +60,17 @@ async fn client(addr: SocketAddr) -> SendRequest<http_body_util::Full<bytes::Byt
 /// A raw connection that has sent one request and read its 200 head (the body, "b", unread).
 async fn answered_once(addr: SocketAddr) -> TcpStream {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(
-        &mut tcp,
-        b"GET / HTTP/1.1\r\nHost: app.example.com\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let head = read_head(&mut tcp).await.expect("a response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    request_and_head(&mut tcp).await;
     tcp
+}
+
+/// Sends a request on `tcp` and reads its 200 head.
+async fn request_and_head(tcp: &mut TcpStream) {
+    tokio::io::AsyncWriteExt::write_all(tcp, b"GET / HTTP/1.1\r\nHost: app.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(tcp).await.expect("a response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }
 
 async fn fetch(
@@ -183,14 +185,7 @@ async fn shutdown_closes_a_connection_waiting_for_its_next_request() {
     let gw = gateway(&config(&b.url(), "60s")).await;
     let mut tcp = TcpStream::connect(gw.http()).await.unwrap();
     for _ in 0..2 {
-        tokio::io::AsyncWriteExt::write_all(
-            &mut tcp,
-            b"GET / HTTP/1.1\r\nHost: app.example.com\r\n\r\n",
-        )
-        .await
-        .unwrap();
-        let head = read_head(&mut tcp).await.expect("a response");
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        request_and_head(&mut tcp).await;
         let mut body = [0u8; 1];
         within("the body", tcp.read_exact(&mut body)).await.unwrap();
         assert_eq!(&body, b"b");
