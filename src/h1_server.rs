@@ -159,7 +159,8 @@ where
         // Since when the connection has waited for its next request, when a busy spell waited
         // already (its wait counts towards the idle deadline).
         let mut waiting_since: Option<Instant> = None;
-        let mut spells = 0u32;
+        // Whether a busy spell has ended already: the next ones wait in the busy state.
+        let mut came_back = false;
         loop {
             if *closing.borrow() {
                 return Next::Closed;
@@ -182,19 +183,10 @@ where
                 }
                 waiting_since = Some(since);
                 timer.as_mut().reset(wake);
-                let ready = tokio::select! {
-                    biased;
-                    r = poll_fn(|cx| io.poll_readable(cx)) => r.is_ok(),
-                    _ = &mut shutdown_signal => false,
-                    _ = &mut timer => {
-                        if park {
-                            return Next::Park { io, until };
-                        }
-                        false
-                    }
-                };
-                if !ready {
-                    return Next::Closed;
+                match next_bytes(&io, shutdown_signal.as_mut(), timer.as_mut()).await {
+                    Woke::Readable => {}
+                    Woke::TimedOut if park => return Next::Park { io, until },
+                    Woke::TimedOut | Woke::Closed => return Next::Closed,
                 }
             }
             let buf = std::mem::take(&mut read);
@@ -203,9 +195,9 @@ where
                 shared,
                 closing: &closing,
                 limits,
-                stay: spells > 0,
+                stay: came_back,
             };
-            spells = spells.saturating_add(1);
+            came_back = true;
             let waits = Waits {
                 timer: timer.as_mut(),
                 shutdown: shutdown_signal.as_mut(),
@@ -358,16 +350,44 @@ where
             timer
                 .as_mut()
                 .reset(now + crate::park::PARK_AFTER.min(ctx.limits.idle));
-            let ready = tokio::select! {
-                biased;
-                r = poll_fn(|cx| io.poll_readable(cx)) => r.is_ok(),
-                _ = shutdown.as_mut() => false,
-                _ = &mut timer => return Burst::Idle { since: waiting_since },
-            };
-            if !ready {
-                return Burst::Closed;
+            match next_bytes(io, shutdown.as_mut(), timer.as_mut()).await {
+                Woke::Readable => {}
+                Woke::TimedOut => {
+                    return Burst::Idle {
+                        since: waiting_since,
+                    };
+                }
+                Woke::Closed => return Burst::Closed,
             }
         }
+    }
+}
+
+/// How a wait for a request's first bytes ended.
+enum Woke {
+    /// Bytes to read (or so the stream says: see [`Burst::Idle`]).
+    Readable,
+    /// The connection failed or the server is shutting down.
+    Closed,
+    /// The timer ran out.
+    TimedOut,
+}
+
+/// Waits for a request's first bytes without reading them (the idle state's wait and the busy
+/// state's are the same wait, with their own timer deadlines).
+async fn next_bytes<T: Transport, S: Future<Output = ()>>(
+    io: &T,
+    shutdown: Pin<&mut S>,
+    timer: Pin<&mut tokio::time::Sleep>,
+) -> Woke {
+    tokio::select! {
+        biased;
+        r = poll_fn(|cx| io.poll_readable(cx)) => match r {
+            Ok(()) => Woke::Readable,
+            Err(_) => Woke::Closed,
+        },
+        _ = shutdown => Woke::Closed,
+        _ = timer => Woke::TimedOut,
     }
 }
 
