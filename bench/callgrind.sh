@@ -15,12 +15,22 @@ cd "$ROOT"
 cargo build --release --locked --bin gatehouse --example bench_upstream >/dev/null
 D=$(mktemp -d)
 PID=""
-# Two loopback ports free now (bound to :0, then released): the upstream's and the proxy's.
+# Two loopback ports free now, the upstream's and the proxy's, picked below the ephemeral range
+# (32768 and up on Linux) as bench/run.py does: a port from bind(:0) is an ephemeral one, and a
+# connection still closing from the previous run can hold it, so the upstream's bind then fails.
 read -r UP_PORT PORT < <(python3 -c '
 import socket
-s = [socket.socket() for _ in range(2)]
-for x in s: x.bind(("127.0.0.1", 0))
-print(*[x.getsockname()[1] for x in s])')
+ports = []
+for port in range(18180, 20000):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+    ports.append(port)
+    if len(ports) == 2:
+        break
+print(*ports)')
 trap 'kill $PID $UPID 2>/dev/null || true; rm -rf "$D"' EXIT
 target/release/examples/bench_upstream 127.0.0.1:$UP_PORT 1 & UPID=$!
 OUT="$ROOT/target/callgrind.$WHO.out"
