@@ -283,7 +283,11 @@ def both(d, workers, fn, tls_port=False, **kw):
                                   ("nginx", start_nginx, NG_HTTPS if tls_port else NG_HTTP)]:
             p = start(d, workers, **kw)
             try:
-                rounds[name].append(fn(p, port, name))
+                r = fn(p, port, name)
+                rounds[name].append(r)
+                # Every round on stderr: the table keeps medians, and the spread is what tells noise
+                # from a difference.
+                log(f"  round {len(rounds[name])} {name}: {r['rps']:.0f} rps, CPU {r.get('cpu_per_10k', 0):.3f} s/10k")
             finally:
                 p.stop()
             time.sleep(0.5)

@@ -90,7 +90,7 @@ async fn route(
             }
         }
         (&Method::GET, "/metrics") => {
-            crate::metrics::snapshot_gauges(&gw.shared.load());
+            crate::metrics::snapshot_gauges(&gw.shared.load(), &gw.scraped_labels);
             let mut r = text(StatusCode::OK, metrics.render());
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -47,10 +47,8 @@ enum Kind {
 /// What the completion hook records about the upstream that answered.
 #[derive(Debug)]
 pub struct UpstreamUsed {
-    /// `scheme://host:port` of the backend.
-    pub label: Arc<str>,
-    /// Keeps the backend's active-requests gauge up until the response ends.
-    pub active: crate::metrics::ActiveUpstream,
+    /// The backend, counted in flight until the response ends; its label is the log's.
+    pub active: crate::upstream::InFlight,
     /// Bytes of request body sent (only when there was a body).
     pub stats: Option<Arc<RequestBodyStats>>,
 }

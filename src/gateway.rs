@@ -165,6 +165,8 @@ pub struct Gateway {
     fixed_at_start: (Option<usize>, usize),
     /// Publishes the generation after every swap (tests and tools wait on it).
     generation_tx: watch::Sender<u64>,
+    /// What the metrics endpoint set last: see [`crate::metrics::snapshot_gauges`].
+    pub scraped_labels: crate::metrics::ScrapedLabels,
 }
 
 impl Gateway {
@@ -258,6 +260,7 @@ impl Gateway {
             generation_tx: watch::channel(1).0,
             admin_addr: admin.as_ref().and_then(|l| l.local_addr().ok()),
             fixed_at_start: (server.workers, server.max_connections),
+            scraped_labels: Default::default(),
         });
         if let Some(admin) = admin {
             tokio::spawn(crate::admin::serve(admin, gw.clone(), metrics.clone()));

@@ -319,7 +319,7 @@ where
             };
             let head_only = req.method() == Method::HEAD;
             let version = req.version();
-            let resp = match crate::proxy::serve(req, ctx.conn.clone(), ctx.shared.clone()).await {
+            let resp = match crate::proxy::serve(req, ctx.conn, ctx.shared).await {
                 Ok(r) => r,
                 Err(never) => match never {},
             };

@@ -15,7 +15,9 @@
 //! - [`headers`]: pure header rules (hop-by-hop, forwarding, trust);
 //! - [`upstream`]: clients and backend choice; [`pool`] and [`h1`]: our HTTP/1.1 upstream
 //!   connections and their framing; [`clerk`], [`static_files`]: the other
-//!   targets; [`body`]: body types; [`error`]: errors and their status codes.
+//!   targets; [`body`]: body types; [`error`]: errors and their status codes;
+//! - [`worker`]: state kept once per worker, so that no worker writes a cache line another
+//!   worker writes on the request path.
 //!
 //! Around it: [`config`] (the file → a typed `Config`), [`state`] (a `Config` → the immutable
 //! `Snapshot` requests read), [`gateway`] (start, reload, shutdown), [`tls`] (certificates and
@@ -51,5 +53,6 @@ pub mod systemd;
 pub mod template;
 pub mod tls;
 pub mod upstream;
+pub mod worker;
 
 pub use gateway::{Gateway, Options};

@@ -9,7 +9,7 @@
 //! snapshot (backend health, certificate expiry, config generation) are computed when
 //! `/metrics` is scraped.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use ::metrics::{
@@ -382,47 +382,37 @@ pub fn reload(ok: bool, generation: u64, took: Duration) {
     histogram!(CONFIG_RELOAD_DURATION).record(took.as_secs_f64());
 }
 
+/// The backend labels the last scrape set an in-flight count for (one set per gateway).
+#[derive(Debug, Default)]
+pub struct ScrapedLabels(Mutex<Vec<Arc<str>>>);
+
 /// Sets the gauges that describe the snapshot being served; called on every scrape.
-pub fn snapshot_gauges(snap: &crate::state::Snapshot) {
+pub fn snapshot_gauges(snap: &crate::state::Snapshot, scraped: &ScrapedLabels) {
     gauge!(CONFIG_GENERATION).set(snap.generation as f64);
     for site in &snap.sites {
         if let Some(cert) = &site.cert {
             gauge!(CERT_EXPIRY, "site" => site.name.to_string()).set(cert.seconds_left() as f64);
         }
     }
+    // Requests in flight are counted per worker and per backend (two upstreams may share a
+    // backend URL, hence one label): the sum is taken here. A label the snapshot no longer has
+    // is set to 0 once, so a removed backend does not keep its last value.
+    let mut in_flight: std::collections::HashMap<Arc<str>, i64> = Default::default();
     for up in snap.upstreams() {
         let down = up.down_backends();
         for b in &up.backends {
             let is_down = down.iter().any(|d| Arc::ptr_eq(d, b));
             gauge!(BACKEND_UP, "upstream" => b.label.clone()).set(if is_down { 0.0 } else { 1.0 });
+            *in_flight.entry(b.label.clone()).or_default() += b.in_flight();
         }
     }
-}
-
-/// A request in flight to an upstream, counted while this guard lives. Holds the backend's own
-/// gauge handle, made once per backend at load: no label lookup per request.
-pub struct ActiveUpstream(::metrics::Gauge);
-
-impl std::fmt::Debug for ActiveUpstream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ActiveUpstream")
+    let mut labels = scraped.0.lock().unwrap_or_else(|e| e.into_inner());
+    for gone in labels.iter().filter(|l| !in_flight.contains_key(*l)) {
+        gauge!(UPSTREAM_ACTIVE_REQUESTS, "upstream" => gone.clone()).set(0.0);
     }
-}
-
-impl ActiveUpstream {
-    /// The gauge for one upstream (call at load).
-    pub fn gauge(upstream: &str) -> ::metrics::Gauge {
-        gauge!(UPSTREAM_ACTIVE_REQUESTS, "upstream" => upstream.to_string())
-    }
-
-    pub fn start(gauge: &::metrics::Gauge) -> ActiveUpstream {
-        gauge.increment(1.0);
-        ActiveUpstream(gauge.clone())
-    }
-}
-
-impl Drop for ActiveUpstream {
-    fn drop(&mut self) {
-        self.0.decrement(1.0);
+    labels.clear();
+    for (label, n) in in_flight {
+        gauge!(UPSTREAM_ACTIVE_REQUESTS, "upstream" => label.clone()).set(n as f64);
+        labels.push(label);
     }
 }

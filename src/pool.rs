@@ -41,6 +41,7 @@ use tokio_util::io::poll_read_buf;
 
 use crate::body::UpstreamBody;
 use crate::h1::{self, BodyLen, Chunk, ChunkedDecoder, H1Error, ReqFraming};
+use crate::worker::{Padded, PerWorker};
 
 /// Idle connections kept per backend and worker (nginx's `keepalive 64` is per worker too).
 const MAX_IDLE: usize = 256;
@@ -183,34 +184,28 @@ pub struct Target {
 /// The idle connections to one backend.
 pub struct Pool {
     target: Target,
-    /// One idle list per worker slot ([`set_worker`]).
-    idle: Box<[IdleList]>,
+    /// One idle list per worker ([`crate::worker`]): a response body returns its connection to
+    /// the list it came from without touching another worker's.
+    idle: PerWorker<IdleList>,
     open_gauge: metrics::Gauge,
 }
 
-/// One worker's idle connections. Boxed so that taking one out and handing it to a response
-/// body moves a pointer; a cache line of its own, so two workers' lists never share one.
-#[repr(align(64))]
-#[derive(Default)]
+/// One worker's idle connections, newest last. Boxed so that taking one out and handing it to a
+/// response body moves a pointer.
 #[allow(clippy::vec_box)]
-struct IdleList(Mutex<Vec<Box<Pooled>>>);
+type IdleList = Mutex<Vec<Box<Pooled>>>;
 
-thread_local! {
-    /// This thread's worker slot: 0 unless [`set_worker`] said otherwise.
-    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+#[allow(clippy::vec_box)]
+fn lock(list: &IdleList) -> std::sync::MutexGuard<'_, Vec<Box<Pooled>>> {
+    list.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Tells the pools which worker this thread is, so that it takes and returns connections from
-/// its own idle lists. Called once by each worker thread when it starts.
-pub fn set_worker(index: usize) {
-    WORKER.with(|w| w.set(index));
-}
-
-/// Idle lists per pool: one per core (a worker beyond that shares a list; the list's lock
-/// keeps that correct).
-fn worker_slots() -> usize {
-    static SLOTS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *SLOTS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+fn put_back(list: &IdleList, mut c: Box<Pooled>) {
+    c.reused = true;
+    let mut idle = lock(list);
+    if idle.len() < MAX_IDLE {
+        idle.push(c);
+    }
 }
 
 /// Why a connection could not be made or a request not sent.
@@ -262,27 +257,20 @@ impl std::fmt::Debug for Pool {
 
 impl Pool {
     pub fn new(target: Target) -> Pool {
-        Pool::with_slots(target, worker_slots())
+        Pool::with_slots(target, crate::worker::slots())
     }
 
     fn with_slots(target: Target, slots: usize) -> Pool {
         let open_gauge = metrics::gauge!(crate::metrics::UPSTREAM_OPEN_CONNECTIONS, "upstream" => target.label.clone());
         Pool {
             target,
-            idle: (0..slots.max(1)).map(|_| IdleList::default()).collect(),
+            idle: PerWorker::with_slots(slots, IdleList::default),
             open_gauge,
         }
     }
 
-    /// This worker's idle list.
-    #[allow(clippy::vec_box)]
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Box<Pooled>>> {
-        let slot = WORKER.with(|w| w.get()) % self.idle.len();
-        self.idle[slot].0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn take_idle(&self, now: Instant) -> Option<Box<Pooled>> {
-        let mut idle = self.idle();
+        let mut idle = lock(self.idle.local());
         // Expired connections are at the bottom (LIFO): drop them from there.
         let keep_from = idle
             .iter()
@@ -290,14 +278,6 @@ impl Pool {
             .unwrap_or(idle.len());
         idle.drain(..keep_from);
         idle.pop()
-    }
-
-    fn put_back(&self, mut c: Box<Pooled>) {
-        c.reused = true;
-        let mut idle = self.idle();
-        if idle.len() < MAX_IDLE {
-            idle.push(c);
-        }
     }
 
     async fn connect(&self) -> Result<Box<Pooled>, SendError> {
@@ -439,7 +419,7 @@ impl Pool {
                         BodyLen::UntilClose => BodyState::UntilClose,
                     },
                     keep,
-                    pool: self.clone(),
+                    idle: self.idle.local().clone(),
                 };
                 if len == BodyLen::Empty {
                     pb.release();
@@ -645,7 +625,9 @@ pub struct PooledBody {
     state: BodyState,
     /// The response allows another request on the connection, and the request was all sent.
     keep: bool,
-    pool: Arc<Pool>,
+    /// The idle list the connection goes back to (this worker's, not the pool: a count on
+    /// the pool would be written by every worker).
+    idle: Arc<Padded<IdleList>>,
 }
 
 impl PooledBody {
@@ -654,7 +636,7 @@ impl PooledBody {
         self.state = BodyState::Done;
         if let Some(c) = self.conn.take() {
             if self.keep && c.buf.is_empty() {
-                self.pool.put_back(c);
+                put_back(&self.idle, c);
             }
         }
     }
@@ -765,11 +747,11 @@ mod tests {
         );
         let conn = pool.connect().await.unwrap();
         let _accepted = backend.accept().await.unwrap();
-        set_worker(0);
-        pool.put_back(conn);
-        set_worker(1);
+        crate::worker::set(0);
+        put_back(pool.idle.local(), conn);
+        crate::worker::set(1);
         assert!(pool.take_idle(Instant::now()).is_none());
-        set_worker(0);
+        crate::worker::set(0);
         assert!(pool.take_idle(Instant::now()).is_some());
     }
 }

@@ -85,6 +85,10 @@ impl Ctx<'_> {
 
 /// The hyper service: never fails, always answers.
 ///
+/// It borrows the connection and the shared state rather than taking a reference count of each:
+/// the HTTP/1.1 fast path awaits it in place, and a count on `Shared` is a write every worker
+/// makes to one cache line per request (see [`crate::worker`]).
+///
 /// Written as a function that returns an `async move` block, as are the other functions on the
 /// request path, rather than as an `async fn`: an `async fn` keeps its arguments in its state
 /// twice (rust-lang/rust#62958), and these states are built and moved once per request at each
@@ -93,11 +97,11 @@ impl Ctx<'_> {
     clippy::manual_async_fn,
     reason = "an async fn holds its arguments twice: see proxy::serve"
 )]
-pub fn serve(
+pub fn serve<'a>(
     req: Request<ReqBody>,
-    conn: Arc<ConnInfo>,
-    shared: Arc<Shared>,
-) -> impl Future<Output = Result<Response<Body>, Infallible>> {
+    conn: &'a ConnInfo,
+    shared: &'a Shared,
+) -> impl Future<Output = Result<Response<Body>, Infallible>> + 'a {
     async move {
         let guard = ActivityGuard::begin(&conn.activity);
         let started = Instant::now();
@@ -113,7 +117,7 @@ pub fn serve(
         let is_h1 = req.version() <= Version::HTTP_11;
         let method = req.method().clone();
         let log = shared.access_log.load_full().map(|l| {
-            let fields = LogFields::new(&req, &conn, &snap, l.with_query());
+            let fields = LogFields::new(&req, conn, &snap, l.with_query());
             (l, fields)
         });
         let mut route: Option<Arc<Route>> = None;
@@ -121,7 +125,7 @@ pub fn serve(
         // this state is about 1 KiB, the fast path holds it in its boxed busy state, and hyper
         // moves a service future once (into an HTTP/2 stream's task, or its HTTP/1 dispatcher's
         // slot).
-        let mut resp = match handle(req, &conn, &snap, &mut route).await {
+        let mut resp = match handle(req, conn, &snap, &mut route).await {
             Ok(r) => r,
             Err(e) => {
                 let id = route.as_ref().map(|r| &*r.id).unwrap_or("-");
@@ -251,7 +255,7 @@ impl Finish {
                 duration: elapsed,
                 site,
                 route,
-                upstream: self.upstream.as_ref().map(|u| u.label.to_string()),
+                upstream: self.upstream.as_ref().map(|u| u.active.label().to_owned()),
                 generation: self.generation,
                 referer: f.referer,
                 user_agent: f.user_agent,
@@ -357,11 +361,12 @@ fn handle(
             .routes
             .lookup(&normalized.path)
             .ok_or(ProxyError::NoRoute)?;
-        *matched = Some(route.clone());
-        let route = route.clone();
+        // One reference count per request, held by the caller's `Finish`: the route is shared by
+        // every worker, and each count is a write to a cache line they all use.
+        let route = &*matched.insert(route.clone());
         let stripped = normalized.path.get(prefix.len()..);
 
-        let mut resp = dispatch(req, &cx, &route, prefix, stripped, normalized.ambiguous).await?;
+        let mut resp = dispatch(req, &cx, route, prefix, stripped, normalized.ambiguous).await?;
 
         route.options.response_headers.apply(resp.headers_mut());
         if let (true, Some(hsts)) = (conn.tls, &site.hsts) {
@@ -556,7 +561,7 @@ fn to_upstream(
                     return Ok(splice_upgrade(
                         client_on,
                         Response::from_parts(parts, body),
-                        &backend,
+                        backend,
                         listener,
                     ));
                 }
@@ -645,13 +650,13 @@ pub(crate) struct Outgoing {
     clippy::manual_async_fn,
     reason = "an async fn holds its arguments twice: see proxy::serve"
 )]
-pub(crate) fn forward(
-    up: &Upstream,
+pub(crate) fn forward<'a>(
+    up: &'a Upstream,
     mut out: Outgoing,
     body: ReqBody,
     response_timeout: std::time::Duration,
     max_body: u64,
-) -> impl Future<Output = Result<Forwarded, ProxyError>> {
+) -> impl Future<Output = Result<Forwarded<'a>, ProxyError>> + 'a {
     async move {
         let bodiless = body.is_end_stream();
         let can_retry = bodiless && up.backends.len() > 1;
@@ -660,7 +665,7 @@ pub(crate) fn forward(
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let backend = up.pick().ok_or(ProxyError::NoBackend)?.clone();
+            let backend = up.pick().ok_or(ProxyError::NoBackend)?;
             let mut h = if can_retry {
                 out.headers.clone()
             } else {
@@ -735,7 +740,7 @@ pub(crate) fn forward(
             // A bodiless request on a pooled connection is timed by the pool, with a timer the
             // connection keeps (a new timer per request was 3% of a small request's instructions).
             let pool_times_it = bodiless && pool.is_some();
-            let active = crate::metrics::ActiveUpstream::start(&backend.active);
+            let active = backend.start();
             // Both futures are built where they are pinned: `select!` would move them into its
             // own state, and a move is a copy at their full size (an unstarted future is as large
             // as its largest state: 2 KiB per request).
@@ -767,16 +772,12 @@ pub(crate) fn forward(
                 tokio::select! {
                     biased;
                     r = &mut send => r,
-                    _ = &mut timer => return Err(timed_out(&backend, response_timeout)),
+                    _ = &mut timer => return Err(timed_out(backend, response_timeout)),
                 }
             };
             match result {
                 Ok(resp) => {
-                    let used = UpstreamUsed {
-                        label: backend.label.clone(),
-                        active,
-                        stats,
-                    };
+                    let used = UpstreamUsed { active, stats };
                     return Ok(Forwarded {
                         resp,
                         backend,
@@ -784,7 +785,7 @@ pub(crate) fn forward(
                     });
                 }
                 Err(SendFailure::Pool(crate::pool::SendError::Timeout)) => {
-                    return Err(timed_out(&backend, response_timeout));
+                    return Err(timed_out(backend, response_timeout));
                 }
                 Err(e) => {
                     if stats
@@ -799,7 +800,7 @@ pub(crate) fn forward(
                     };
                     crate::metrics::upstream_error(&backend.label, kind.label());
                     if matches!(kind, FailureKind::Refused | FailureKind::ConnectTimeout) {
-                        up.mark_down(&backend);
+                        up.mark_down(backend);
                     }
                     if can_retry && kind.before_send() && attempts < up.backends.len() {
                         tracing::debug!(backend = %backend.label, failure = kind.label(), "trying the next backend");
@@ -827,9 +828,10 @@ fn timed_out(backend: &Backend, timeout: std::time::Duration) -> ProxyError {
 
 /// A response from a backend. Its extensions carry [`UpstreamUsed`] and the request body's
 /// byte count for the completion hook.
-pub(crate) struct Forwarded {
+pub(crate) struct Forwarded<'a> {
     pub resp: Response<UpResp>,
-    pub backend: Arc<Backend>,
+    /// Borrowed from the snapshot: a reference count here is a write every worker contends for.
+    pub backend: &'a Backend,
     pub used: UpstreamUsed,
 }
 

@@ -361,7 +361,7 @@ pub fn worker_runtimes(n: usize) -> io::Result<Vec<tokio::runtime::Handle>> {
             std::thread::Builder::new()
                 .name(format!("gatehouse-worker-{i}"))
                 .spawn(move || {
-                    crate::pool::set_worker(i);
+                    crate::worker::set(i);
                     rt.block_on(std::future::pending::<()>())
                 })?;
             Ok(handle)
@@ -684,7 +684,8 @@ fn service(
              + Send,
 > + Clone {
     service_fn(move |req: Request<Incoming>| {
-        crate::proxy::serve(req.map(ReqBody::Hyper), conn.clone(), shared.clone())
+        let (conn, shared) = (conn.clone(), shared.clone());
+        async move { crate::proxy::serve(req.map(ReqBody::Hyper), &conn, &shared).await }
     })
 }
 

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::UpstreamBody;
 use crate::config::BackendUrl;
+use crate::worker::{Padded, PerWorker};
 
 /// The client type every upstream call goes through.
 pub type HttpClient = Client<Counting<HttpsConnector<HttpConnector>>, UpstreamBody>;
@@ -258,13 +259,53 @@ pub struct Backend {
     pub label: Arc<str>,
     /// When the cool-off ends (ms on [`now_ms`]'s clock); 0 = healthy.
     down_until: AtomicU64,
-    /// `gatehouse_upstream_active_requests` for this backend.
-    pub active: ::metrics::Gauge,
+    /// Requests in flight, counted per worker ([`crate::worker`]);
+    /// `gatehouse_upstream_active_requests` is their sum, taken when the metrics are read.
+    local: PerWorker<BackendLocal>,
     /// The HTTP/1.1 pool (None for HTTP/2 backends, which use the client).
     pub pool: Option<Arc<crate::pool::Pool>>,
 }
 
+/// What one worker keeps of a backend: its count of requests in flight, and the label.
+#[derive(Debug)]
+pub struct BackendLocal {
+    label: Arc<str>,
+    in_flight: AtomicI64,
+}
+
+/// A request in flight to a backend, counted while this lives (until its response body ends).
+/// It also carries the backend's label, for the access log, without a shared reference count.
+#[derive(Debug)]
+pub struct InFlight(Arc<Padded<BackendLocal>>);
+
+impl InFlight {
+    pub fn label(&self) -> &str {
+        &self.0.label
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Backend {
+    /// Counts a request in flight on this worker's count.
+    pub fn start(&self) -> InFlight {
+        let local = self.local.local().clone();
+        local.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(local)
+    }
+
+    /// Requests in flight, all workers together.
+    pub fn in_flight(&self) -> i64 {
+        self.local
+            .iter()
+            .map(|l| l.in_flight.load(Ordering::Relaxed))
+            .sum()
+    }
+
     pub fn new(url: BackendUrl, pool: Option<Arc<crate::pool::Pool>>) -> Backend {
         let scheme = if url.https {
             Scheme::HTTPS
@@ -274,7 +315,10 @@ impl Backend {
         let label: Arc<str> = format!("{}://{}", scheme, url.authority).into();
         Backend {
             pool,
-            active: crate::metrics::ActiveUpstream::gauge(&label),
+            local: PerWorker::new(|| BackendLocal {
+                label: label.clone(),
+                in_flight: AtomicI64::new(0),
+            }),
             url,
             scheme,
             label,
