@@ -220,6 +220,35 @@ async fn upstream_errors_and_backend_health_are_exported() {
     );
 }
 
+/// Requests in flight are counted by each worker on its own and added up when /metrics is read:
+/// the sum must show a held request, on whichever worker it runs, and go back to 0 after it.
+#[tokio::test]
+async fn a_request_in_flight_is_counted_until_its_response_ends() {
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let b = backend_with(std::sync::Arc::new(move |_req| {
+        let mut release = release_rx.clone();
+        Box::pin(async move {
+            let _ = release.wait_for(|r| *r).await;
+            http::Response::new(full("late"))
+        })
+    }))
+    .await;
+    let gw = gateway(&site("metrics5", &q(&b.url()), "")).await;
+    let label = format!("upstream=\"{}\"", b.url());
+    let addr = gw.http();
+    let held = tokio::spawn(async move { get(addr, "metrics5.test", "/api/held").await });
+    scrape_until(&gw, |m| {
+        sample(m, "gatehouse_upstream_active_requests", &[&label]) == Some(1.0)
+    })
+    .await;
+    release_tx.send_replace(true);
+    assert_eq!(held.await.unwrap().text(), "late");
+    scrape_until(&gw, |m| {
+        sample(m, "gatehouse_upstream_active_requests", &[&label]) == Some(0.0)
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn config_gauges_and_connection_gauges() {
     let b = backend("b").await;
