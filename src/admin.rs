@@ -90,6 +90,7 @@ async fn route(
             }
         }
         (&Method::GET, "/metrics") => {
+            crate::metrics::flush_all();
             crate::metrics::snapshot_gauges(&gw.shared.load(), &gw.scraped_labels);
             let mut r = text(StatusCode::OK, metrics.render());
             r.headers_mut().insert(

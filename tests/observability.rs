@@ -220,6 +220,24 @@ async fn upstream_errors_and_backend_health_are_exported() {
     );
 }
 
+/// Each worker tallies its requests and hands the tally over at a scrape or when its route goes
+/// away: requests served by a route that a reload replaced, and never scraped before, still count.
+#[tokio::test]
+async fn requests_counted_before_a_reload_are_not_lost() {
+    let b = backend("b").await;
+    let gw = gateway(&site("metrics6", &q(&b.url()), "")).await;
+    for _ in 0..3 {
+        assert_eq!(get(gw.http(), "metrics6.test", "/api/x").await.status, 200);
+    }
+    std::fs::write(&gw.path, site("metrics6", &q(&b.url()), "") + "# changed\n").unwrap();
+    gw.gw.reload().await.unwrap();
+    assert_eq!(get(gw.http(), "metrics6.test", "/api/x").await.status, 200);
+    scrape_until(&gw, |m| {
+        sample(m, "gatehouse_requests_total", &["route=\"metrics6-api\""]) == Some(4.0)
+    })
+    .await;
+}
+
 /// Requests in flight are counted by each worker on its own and added up when /metrics is read:
 /// the sum must show a held request, on whichever worker it runs, and go back to 0 after it.
 #[tokio::test]
