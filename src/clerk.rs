@@ -413,6 +413,7 @@ pub(crate) async fn handle(
         upgrade: false,
         method: parts.method,
         path_and_query: pq,
+        target_checked: false,
         headers: h,
         host: HostChoice::Fixed(cfg.fapi.host_header.clone()),
         http2: false,

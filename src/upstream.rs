@@ -261,7 +261,9 @@ pub struct Backend {
     down_until: AtomicU64,
     /// Requests in flight, counted per worker ([`crate::worker`]);
     /// `gatehouse_upstream_active_requests` is their sum, taken when the metrics are read.
-    local: PerWorker<BackendLocal>,
+    /// Made on the first request: every route has its own backends, and a table of 10,000
+    /// sites would otherwise hold half a KiB per backend that never sees a request.
+    local: OnceLock<PerWorker<BackendLocal>>,
     /// The HTTP/1.1 pool (None for HTTP/2 backends, which use the client).
     pub pool: Option<Arc<crate::pool::Pool>>,
 }
@@ -293,17 +295,28 @@ impl Drop for InFlight {
 impl Backend {
     /// Counts a request in flight on this worker's count.
     pub fn start(&self) -> InFlight {
-        let local = self.local.local().clone();
+        let local = self
+            .local
+            .get_or_init(|| {
+                PerWorker::new(|| BackendLocal {
+                    label: self.label.clone(),
+                    in_flight: AtomicI64::new(0),
+                })
+            })
+            .local()
+            .clone();
         local.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(local)
     }
 
     /// Requests in flight, all workers together.
     pub fn in_flight(&self) -> i64 {
-        self.local
-            .iter()
-            .map(|l| l.in_flight.load(Ordering::Relaxed))
-            .sum()
+        self.local.get().map_or(0, |per_worker| {
+            per_worker
+                .iter()
+                .map(|l| l.in_flight.load(Ordering::Relaxed))
+                .sum()
+        })
     }
 
     pub fn new(url: BackendUrl, pool: Option<Arc<crate::pool::Pool>>) -> Backend {
@@ -315,10 +328,7 @@ impl Backend {
         let label: Arc<str> = format!("{}://{}", scheme, url.authority).into();
         Backend {
             pool,
-            local: PerWorker::new(|| BackendLocal {
-                label: label.clone(),
-                in_flight: AtomicI64::new(0),
-            }),
+            local: OnceLock::new(),
             url,
             scheme,
             label,
