@@ -403,8 +403,7 @@ impl Pool {
                     }
                     Err(e) => return Err(e),
                 };
-                let len =
-                    h1::response_body_len(&method, &resp).map_err(SendError::Protocol)?;
+                let len = h1::response_body_len(&method, &resp).map_err(SendError::Protocol)?;
                 // An unfinished request body leaves the connection mid-message: close it after.
                 let keep = h1::keep_alive(&resp) && body_sent && len != BodyLen::UntilClose;
                 let mut out = Response::new(());
