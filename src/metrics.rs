@@ -10,9 +10,7 @@
 //! ([`RouteMetrics`]). Gauges that describe the current snapshot (backend health, requests in
 //! flight, certificate expiry, config generation) are computed when `/metrics` is scraped.
 
-use std::sync::{Arc, Mutex, OnceLock};
-
-use crate::worker::PerWorker;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use ::metrics::{
@@ -21,6 +19,8 @@ use ::metrics::{
 };
 use http::{Method, StatusCode};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::worker::PerWorker;
 
 pub const REQUESTS: &str = "gatehouse_requests_total";
 pub const REQUEST_DURATION: &str = "gatehouse_request_duration_seconds";
@@ -253,7 +253,27 @@ struct Pending {
 const FLUSH_AT: usize = 256;
 
 /// Every route's tallies that may hold requests: [`flush_all`] hands them over.
-static LIVE: Mutex<Vec<std::sync::Weak<Tallies>>> = Mutex::new(Vec::new());
+static LIVE: Mutex<Live> = Mutex::new(Live {
+    list: Vec::new(),
+    prune_at: 64,
+});
+
+struct Live {
+    list: Vec<Weak<Tallies>>,
+    /// The list is pruned of routes gone with their snapshots when it reaches this length (then
+    /// twice what is left): without scrapes, reloads would otherwise grow it without end.
+    prune_at: usize,
+}
+
+impl Live {
+    fn add(&mut self, t: &Arc<Tallies>) {
+        if self.list.len() >= self.prune_at {
+            self.list.retain(|w| w.strong_count() > 0);
+            self.prune_at = (self.list.len() * 2).max(64);
+        }
+        self.list.push(Arc::downgrade(t));
+    }
+}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -284,7 +304,7 @@ impl RouteMetrics {
                 handles: OnceLock::new(),
                 workers: PerWorker::new(Mutex::default),
             });
-            lock(&LIVE).push(Arc::downgrade(&t));
+            lock(&LIVE).add(&t);
             t
         })
     }
@@ -381,9 +401,9 @@ impl Tallies {
 /// Hands every route's tallies to the registry; called before `/metrics` is rendered.
 pub fn flush_all() {
     let live: Vec<Arc<Tallies>> = {
-        let mut list = lock(&LIVE);
-        list.retain(|w| w.strong_count() > 0);
-        list.iter().filter_map(std::sync::Weak::upgrade).collect()
+        let mut live = lock(&LIVE);
+        live.list.retain(|w| w.strong_count() > 0);
+        live.list.iter().filter_map(Weak::upgrade).collect()
     };
     for t in live {
         t.flush();
@@ -517,5 +537,34 @@ pub fn snapshot_gauges(snap: &crate::state::Snapshot, scraped: &ScrapedLabels) {
     for (label, n) in in_flight {
         gauge!(UPSTREAM_ACTIVE_REQUESTS, "upstream" => label.clone()).set(n as f64);
         labels.push(label);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tallies() -> Arc<Tallies> {
+        Arc::new(Tallies {
+            site: "s".into(),
+            route: "r".into(),
+            handles: OnceLock::new(),
+            workers: PerWorker::with_slots(1, Mutex::default),
+        })
+    }
+
+    #[test]
+    fn routes_gone_with_their_snapshots_leave_the_live_list() {
+        let mut live = Live {
+            list: Vec::new(),
+            prune_at: 64,
+        };
+        let kept = tallies();
+        live.add(&kept);
+        for _ in 0..1000 {
+            live.add(&tallies());
+        }
+        assert!(live.list.len() <= 64, "{} entries", live.list.len());
+        assert!(live.list.iter().any(|w| w.ptr_eq(&Arc::downgrade(&kept))));
     }
 }
