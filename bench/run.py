@@ -287,7 +287,10 @@ def both(d, workers, fn, tls_port=False, **kw):
                 rounds[name].append(r)
                 # Every round on stderr: the table keeps medians, and the spread is what tells noise
                 # from a difference.
-                log(f"  round {len(rounds[name])} {name}: {r['rps']:.0f} rps, CPU {r.get('cpu_per_10k', 0):.3f} s/10k")
+                if "kib_per_conn" in r:
+                    log(f"  round {len(rounds[name])} {name}: {r['kib_per_conn']:.2f} KiB per idle connection")
+                else:
+                    log(f"  round {len(rounds[name])} {name}: {r['rps']:.0f} rps, CPU {r.get('cpu_per_10k', 0):.3f} s/10k")
             finally:
                 p.stop()
             time.sleep(0.5)
