@@ -20,7 +20,7 @@ use ::metrics::{
 use http::{Method, StatusCode};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::worker::PerWorker;
+use crate::worker::{PerWorker, lock};
 
 pub const REQUESTS: &str = "gatehouse_requests_total";
 pub const REQUEST_DURATION: &str = "gatehouse_request_duration_seconds";
@@ -273,10 +273,6 @@ impl Live {
         }
         self.list.push(Arc::downgrade(t));
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl std::fmt::Debug for RouteMetrics {

@@ -41,7 +41,7 @@ use tokio_util::io::poll_read_buf;
 
 use crate::body::UpstreamBody;
 use crate::h1::{self, BodyLen, Chunk, ChunkedDecoder, H1Error, ReqFraming};
-use crate::worker::{Padded, PerWorker};
+use crate::worker::{Padded, PerWorker, lock};
 
 /// Idle connections kept per backend and worker (nginx's `keepalive 64` is per worker too).
 const MAX_IDLE: usize = 256;
@@ -194,11 +194,6 @@ pub struct Pool {
 /// response body moves a pointer.
 #[allow(clippy::vec_box)]
 type IdleList = Mutex<Vec<Box<Pooled>>>;
-
-#[allow(clippy::vec_box)]
-fn lock(list: &IdleList) -> std::sync::MutexGuard<'_, Vec<Box<Pooled>>> {
-    list.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn put_back(list: &IdleList, mut c: Box<Pooled>) {
     c.reused = true;

@@ -723,24 +723,23 @@ pub(crate) fn forward<'a>(
             // query unless it is the client's own, parsed when the request was read (parsing it
             // again, with the `Uri` around it, was 3% of a small request's instructions).
             let pool = backend.pool.as_ref().filter(|_| !out.upgrade);
-            let bad_target = |_| ProxyError::BadPath(crate::path::PathError::BadEscape);
+            let parse = |pq: String| {
+                PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq))
+                    .map_err(|_| ProxyError::BadPath(crate::path::PathError::BadEscape))
+            };
             let sending = match pool {
                 Some(pool) => Sending::Pooled {
                     pool,
                     method: out.method.clone(),
                     target: match out.target_checked {
                         true => RequestTarget::Checked(pq),
-                        false => RequestTarget::Parsed(
-                            PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq))
-                                .map_err(bad_target)?,
-                        ),
+                        false => RequestTarget::Parsed(parse(pq)?),
                     },
                     headers: h,
                     body: up_body,
                 },
                 None => {
-                    let pq = PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq))
-                        .map_err(bad_target)?;
+                    let pq = parse(pq)?;
                     let uri = Uri::builder()
                         .scheme(backend.scheme.clone())
                         .authority(backend.url.authority.clone())

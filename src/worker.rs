@@ -11,7 +11,7 @@
 //! This module must not know what it holds.
 
 use std::cell::Cell;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 thread_local! {
     /// This thread's worker index: 0 unless [`set`] said otherwise.
@@ -28,6 +28,12 @@ pub fn set(index: usize) {
 pub fn slots() -> usize {
     static SLOTS: OnceLock<usize> = OnceLock::new();
     *SLOTS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Locks a per-worker value. A worker that panicked while holding it left counts or a list,
+/// which are still sound to use: poisoning is ignored.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A value alone on its cache lines: 128 bytes, since Intel's prefetcher pulls lines in pairs.
