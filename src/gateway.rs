@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{self, Config, ConfigError, EnvLookup};
@@ -242,7 +242,7 @@ impl Gateway {
             tls,
             tracker: TaskTracker::new(),
             shutdown: shutdown_rx,
-            limit: Arc::new(Semaphore::new(server.max_connections)),
+            limit: Arc::new(crate::server::ConnLimit::new(server.max_connections)),
         });
         let gw = Arc::new(Gateway {
             shared,

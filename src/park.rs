@@ -21,7 +21,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use crate::metrics::ConnGauge;
@@ -37,7 +37,7 @@ pub(crate) const PARK_AFTER: Duration = Duration::from_millis(100);
 pub(crate) struct Parked {
     pub tcp: TcpStream,
     /// Its place under `server.max_connections`, held while parked.
-    pub permit: OwnedSemaphorePermit,
+    pub permit: crate::server::ConnPermit,
     /// Its count in `gatehouse_open_connections`, when its first request set one.
     pub gauge: Option<ConnGauge>,
 }

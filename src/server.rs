@@ -34,7 +34,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
@@ -247,7 +247,68 @@ pub struct ServerCtx {
     pub tls: Arc<rustls::ServerConfig>,
     pub tracker: TaskTracker,
     pub shutdown: watch::Receiver<bool>,
-    pub limit: Arc<Semaphore>,
+    pub limit: Arc<ConnLimit>,
+}
+
+/// `server.max_connections`: the connections open at once, across all workers.
+///
+/// Ours rather than a tokio `Semaphore`, whose every release takes its waiter list's lock: a
+/// connection taken and given back is two atomic operations here, and only an accept loop
+/// that found the limit reached waits (callgrind, scenario 3 of bench/README.md).
+#[derive(Debug)]
+pub struct ConnLimit {
+    open: AtomicUsize,
+    max: usize,
+    freed: tokio::sync::Notify,
+}
+
+/// One open connection's place under the limit, given back when dropped.
+#[derive(Debug)]
+pub struct ConnPermit(Arc<ConnLimit>);
+
+impl ConnLimit {
+    pub fn new(max: usize) -> ConnLimit {
+        ConnLimit {
+            open: AtomicUsize::new(0),
+            max,
+            freed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// A place, at once when one is free.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<ConnPermit> {
+        // Compare-and-swap rather than add-then-undo: a count that overshot for a moment could
+        // make a waiter see the limit reached after the release that was meant to wake it.
+        self.open
+            .fetch_update(Ordering::Acquire, Ordering::Relaxed, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ConnPermit(self.clone()))
+    }
+
+    /// A place, waiting for a connection to close while the limit is reached.
+    pub async fn acquire(self: &Arc<Self>) -> ConnPermit {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            // Registered before the look: a release after it wakes this waiter.
+            freed.as_mut().enable();
+            if let Some(p) = self.try_acquire() {
+                return p;
+            }
+            freed.await;
+        }
+    }
+}
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        // Only the release that takes the count below the limit can unblock a waiter.
+        if self.0.open.fetch_sub(1, Ordering::Release) == self.0.max {
+            self.0.freed.notify_waiters();
+        }
+    }
 }
 
 /// Binds a listener with a generous backlog and `SO_REUSEADDR` (a restart must not wait out
@@ -370,50 +431,60 @@ pub fn worker_runtimes(n: usize) -> io::Result<Vec<tokio::runtime::Handle>> {
 }
 
 /// Accepts until `stop` fires (this listener removed by a reload) or the server shuts down.
+///
+/// The accepting runs as a task of its own, which this one aborts when told to stop: a loop
+/// that looked at the stop signals before each accept paid for it per connection (two watch
+/// waiters re-polled, each behind a lock shared by every worker: 440 instructions of a
+/// new connection's 26k, callgrind, scenario 3 of bench/README.md).
 pub async fn accept_loop(
     listener: TcpListener,
     kind: ListenerKind,
     ctx: Arc<ServerCtx>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let local = listener.local_addr().ok();
     let mut shutdown = ctx.shutdown.clone();
     // A reload that removes this listener waits for every `stop` receiver to go
-    // (`stop.closed()` in gateway.rs) and then expects the address to refuse connections. The
-    // receiver inside `stopped` goes the moment that future completes, on this thread, while
-    // the reload runs on another: this clone, declared before the listener, is dropped after
-    // it, so the socket is closed first.
-    let _held_until_closed = stop.clone();
-    // One waiter for the loop's life: new `changed()` futures per connection cost four waiter
-    // registrations per accept (callgrind, scenario 3 of bench/README.md).
-    let stopped = async move {
-        tokio::select! {
-            _ = shutdown.changed() => {}
-            _ = stop.changed() => {}
-        }
-    };
-    tokio::pin!(stopped);
-    // A local (parameters are dropped after locals), declared after the clone above.
+    // (`stop.closed()` in gateway.rs) and then expects the address to refuse connections. This
+    // clone goes with the accepting task's future, after its listener: so the socket is closed
+    // first, whenever the runtime gets to dropping the aborted task.
+    let held_until_closed = stop.clone();
+    let mut accepting = tokio::spawn(accept(listener, kind, ctx, held_until_closed));
+    tokio::select! {
+        _ = shutdown.changed() => {}
+        _ = stop.changed() => {}
+        _ = &mut accepting => return,
+    }
+    accepting.abort();
+}
+
+/// The accept loop proper: never returns unless the connection limit is closed (it is not).
+async fn accept(
+    listener: TcpListener,
+    kind: ListenerKind,
+    ctx: Arc<ServerCtx>,
+    _held_until_closed: watch::Receiver<bool>,
+) {
+    let local = listener.local_addr().ok();
+    // A local (parameters are dropped after locals): the listener goes before the receiver.
     let listener = listener;
     // Idle plain-HTTP/1.1 connections wait here, on this loop's runtime, as bare sockets.
     let lot = (kind == ListenerKind::Http).then(|| crate::park::Lot::start(&ctx));
     loop {
-        let permit = tokio::select! {
-            biased;
-            p = ctx.limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            () = &mut stopped => return,
-        };
-        let accepted = tokio::select! {
-            biased;
-            () = &mut stopped => return,
-            a = listener.accept() => a,
-        };
-        let (tcp, peer) = match accepted {
+        let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 handle_accept_error(e).await;
                 continue;
             }
+        };
+        // The place is taken after the accept, not before: a loop that held one while it
+        // waited for a connection kept it from the other workers' loops, and at a limit below
+        // the number of workers a connection that the kernel gave another worker's socket was
+        // never served. Over the limit, this one connection waits here, unserved, and the rest
+        // wait in the kernel's queue, as they did.
+        let permit = match ctx.limit.try_acquire() {
+            Some(p) => p,
+            None => ctx.limit.acquire().await,
         };
         if kind == ListenerKind::Https {
             // A plain connection's is set when it needs it (h1_server::serve).
@@ -447,7 +518,7 @@ async fn serve_tcp(
     listen: Option<SocketAddr>,
     kind: ListenerKind,
     ctx: Arc<ServerCtx>,
-    permit: OwnedSemaphorePermit,
+    permit: ConnPermit,
     lot: Option<crate::park::Lot>,
 ) {
     crate::metrics::connection_accepted(kind.label());
@@ -541,7 +612,7 @@ pub(crate) async fn resume(parked: Parked, ctx: Arc<ServerCtx>, lot: Option<crat
 fn park(
     idle: Option<(TcpStream, tokio::time::Instant)>,
     conn: Arc<ConnInfo>,
-    permit: OwnedSemaphorePermit,
+    permit: ConnPermit,
     lot: Option<&crate::park::Lot>,
 ) {
     let (Some((tcp, until)), Some(lot)) = (idle, lot) else {
@@ -830,6 +901,35 @@ mod tests {
     use super::*;
     use std::io::ErrorKind;
     use std::net::TcpStream as StdStream;
+
+    #[test]
+    fn the_limit_hands_out_its_places_and_no_more() {
+        let limit = Arc::new(ConnLimit::new(2));
+        let a = limit.try_acquire().expect("first place");
+        let _b = limit.try_acquire().expect("second place");
+        assert!(limit.try_acquire().is_none());
+        drop(a);
+        assert!(limit.try_acquire().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_waiter_gets_the_place_a_closed_connection_gives_back() {
+        let limit = Arc::new(ConnLimit::new(1));
+        let held = limit.try_acquire().expect("the one place");
+        let waiting = tokio::spawn({
+            let limit = limit.clone();
+            async move { limit.acquire().await }
+        });
+        // The waiter is registered (or has looked and found none) before the release: let it
+        // run until it waits.
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        drop(held);
+        let got = waiting.await.expect("waiter");
+        assert!(limit.try_acquire().is_none(), "the waiter holds the place");
+        drop(got);
+        assert!(limit.try_acquire().is_some());
+    }
 
     /// How many connections each of `bound`'s sockets has queued (accepted until it would block).
     fn queued(bound: &Bound) -> Vec<usize> {

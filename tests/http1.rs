@@ -200,3 +200,35 @@ async fn a_request_with_two_host_headers_is_refused_and_never_forwarded() {
     }
     assert!(b.requests().is_empty());
 }
+
+#[tokio::test]
+async fn a_connection_over_max_connections_waits_for_one_to_close() {
+    let b = backend("b").await;
+    let toml = app_site(&b.url()).replace(
+        "http = \"127.0.0.1:0\"",
+        "http = \"127.0.0.1:0\"\nmax_connections = 1",
+    );
+    let gw = gateway(&toml).await;
+    let get = b"GET / HTTP/1.1\r\nHost: app.example.com\r\n\r\n";
+    let mut first = TcpStream::connect(gw.http()).await.unwrap();
+    first.write_all(get).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = within("the first answer", first.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+
+    // The kernel completes the second handshake; Gatehouse does not take the connection while
+    // the first one is open.
+    let mut second = TcpStream::connect(gw.http()).await.unwrap();
+    second.write_all(get).await.unwrap();
+    let early =
+        tokio::time::timeout(std::time::Duration::from_millis(300), second.read(&mut buf)).await;
+    assert!(early.is_err(), "answered over the limit: {early:?}");
+
+    drop(first);
+    let n = within("the second answer", second.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+}
