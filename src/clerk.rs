@@ -415,6 +415,7 @@ pub(crate) async fn handle(
         path_and_query: pq,
         target_checked: false,
         headers: h,
+        appended: None,
         host: HostChoice::Fixed(cfg.fapi.host_header.clone()),
         http2: false,
     };

@@ -92,6 +92,7 @@ pub fn encode_request_head(
     method: &Method,
     path_and_query: &str,
     headers: &HeaderMap,
+    appended: Option<&crate::headers::Appended<'_>>,
     framing: ReqFraming,
 ) {
     out.extend_from_slice(method.as_str().as_bytes());
@@ -111,6 +112,14 @@ pub fn encode_request_head(
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(appended) = appended {
+        appended.each(|name, value| {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        });
     }
     match framing {
         ReqFraming::None => {}
@@ -529,7 +538,7 @@ mod tests {
             );
         }
         let mut out = Vec::new();
-        encode_request_head(&mut out, &method, pq, &map, f);
+        encode_request_head(&mut out, &method, pq, &map, None, f);
         String::from_utf8(out).unwrap()
     }
 
@@ -542,6 +551,39 @@ mod tests {
             ReqFraming::None,
         );
         assert_eq!(s, "GET /a?b=1 HTTP/1.1\r\nhost: x\r\naccept: */*\r\n\r\n");
+    }
+
+    #[test]
+    fn request_head_writes_appended_fields_after_the_clients() {
+        static PEER: HeaderValue = HeaderValue::from_static("10.0.0.1");
+        static HOST: HeaderValue = HeaderValue::from_static("app.example.com");
+        let hop = crate::headers::Hop {
+            peer: "10.0.0.1".parse().unwrap(),
+            peer_value: &PEER,
+            peer_trusted: false,
+            client_ip: "10.0.0.1".parse().unwrap(),
+            proto: "https",
+            host: &HOST,
+        };
+        let mut map = HeaderMap::new();
+        map.insert("host", HOST.clone());
+        map.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        let appended = crate::headers::untrusted_forwarding(&mut map, &hop, Some("/api"));
+        let mut out = Vec::new();
+        encode_request_head(
+            &mut out,
+            &Method::GET,
+            "/x",
+            &map,
+            Some(&appended),
+            ReqFraming::None,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /x HTTP/1.1\r\nhost: app.example.com\r\nx-forwarded-for: 10.0.0.1\r\n\
+             x-real-ip: 10.0.0.1\r\nx-forwarded-proto: https\r\n\
+             x-forwarded-host: app.example.com\r\nx-forwarded-prefix: /api\r\n\r\n"
+        );
     }
 
     #[test]

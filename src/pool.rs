@@ -361,6 +361,7 @@ impl Pool {
         method: Method,
         target: &'a str,
         headers: HeaderMap,
+        appended: Option<crate::headers::Appended<'a>>,
         mut body: UpstreamBody,
         timeout: Option<Duration>,
     ) -> impl Future<Output = Result<Response<PooledBody>, SendError>> + 'a {
@@ -371,7 +372,14 @@ impl Pool {
             let deadline = timeout.map(|t| now + t);
             let framing = h1::request_framing(body.is_end_stream(), body.size_hint().exact());
             let mut head = Vec::with_capacity(512);
-            h1::encode_request_head(&mut head, &method, target, &headers, framing);
+            h1::encode_request_head(
+                &mut head,
+                &method,
+                target,
+                &headers,
+                appended.as_ref(),
+                framing,
+            );
             h1::recycle_map(headers);
             loop {
                 let mut c = self.checkout(now, deadline).await?;

@@ -521,7 +521,21 @@ fn to_upstream(
             headers::drop_underscore_headers(&mut h);
         }
         headers::drop_clerk_headers(&mut h);
-        headers::set_forwarding_headers(&mut h, &cx.hop(), strip.then_some(prefix));
+        // From an untrusted peer (the common case) our forwarding fields are written with the
+        // request head; a route that edits fields gets them in the map first, so its edits
+        // apply to them as before.
+        let forwarding = cx.hop();
+        let appended = match forwarding.peer_trusted {
+            false if opts.request_headers.is_empty() => Some(headers::untrusted_forwarding(
+                &mut h,
+                &forwarding,
+                strip.then_some(prefix),
+            )),
+            _ => {
+                headers::set_forwarding_headers(&mut h, &forwarding, strip.then_some(prefix));
+                None
+            }
+        };
         opts.request_headers.apply(&mut h);
         if hop.te_trailers {
             h.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -541,6 +555,7 @@ fn to_upstream(
             path_and_query: pq,
             target_checked,
             headers: h,
+            appended,
             host: match &opts.host {
                 HostPolicy::Keep => HostChoice::Keep,
                 HostPolicy::Upstream => HostChoice::Backend,
@@ -633,7 +648,7 @@ pub(crate) enum HostChoice {
 }
 
 /// An upstream request before a backend is chosen.
-pub(crate) struct Outgoing {
+pub(crate) struct Outgoing<'a> {
     /// An HTTP/1.1 upgrade (WebSocket): it goes through hyper-util's client, which hands over
     /// the upgraded connection.
     pub upgrade: bool,
@@ -645,6 +660,8 @@ pub(crate) struct Outgoing {
     /// prefix) or a target built by a handler is checked.
     pub target_checked: bool,
     pub headers: HeaderMap,
+    /// Forwarding fields written after `headers` (see [`headers::untrusted_forwarding`]).
+    pub appended: Option<headers::Appended<'a>>,
     pub host: HostChoice,
     pub http2: bool,
 }
@@ -657,7 +674,7 @@ pub(crate) struct Outgoing {
 )]
 pub(crate) fn forward<'a>(
     up: &'a Upstream,
-    mut out: Outgoing,
+    mut out: Outgoing<'a>,
     body: ReqBody,
     response_timeout: std::time::Duration,
     max_body: u64,
@@ -736,9 +753,13 @@ pub(crate) fn forward<'a>(
                         false => RequestTarget::Parsed(parse(pq)?),
                     },
                     headers: h,
+                    appended: out.appended,
                     body: up_body,
                 },
                 None => {
+                    if let Some(appended) = &out.appended {
+                        appended.append_to(&mut h);
+                    }
                     let pq = parse(pq)?;
                     let uri = Uri::builder()
                         .scheme(backend.scheme.clone())
@@ -783,12 +804,14 @@ pub(crate) fn forward<'a>(
                             method,
                             target,
                             headers,
+                            appended,
                             body,
                         } => pool
                             .send(
                                 method,
                                 target.as_str(),
                                 headers,
+                                appended,
                                 body,
                                 pool_times_it.then_some(response_timeout),
                             )
@@ -877,6 +900,7 @@ enum Sending<'a> {
         method: Method,
         target: RequestTarget,
         headers: HeaderMap,
+        appended: Option<headers::Appended<'a>>,
         body: UpstreamBody,
     },
     Client(Request<UpstreamBody>),

@@ -53,6 +53,15 @@ async fn host_is_kept_by_default_and_forwarding_headers_set_for_untrusted_peers(
     assert_eq!(s.header("x-real-ip"), Some("127.0.0.1"));
     assert_eq!(s.header("x-forwarded-host"), Some("app.example.com"));
     assert_eq!(s.header("x-forwarded-proto"), Some("http"));
+    // One of each: the client's were removed, not kept beside ours.
+    for name in [
+        "x-forwarded-for",
+        "x-real-ip",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+    ] {
+        assert_eq!(s.headers.get_all(name).iter().count(), 1, "{name}");
+    }
 }
 
 #[tokio::test]
@@ -339,6 +348,30 @@ async fn request_and_response_header_operations_apply() {
         multi,
         [HeaderValue::from_static("1"), HeaderValue::from_static("2")]
     );
+}
+
+#[tokio::test]
+async fn a_route_edit_applies_to_the_forwarding_fields_gatehouse_writes() {
+    // Behind a TLS terminator the app must see `https`; the route's edit wins over ours, and
+    // the client's own value is still not believed.
+    let rec = backend("rec").await;
+    let edits =
+        r#"request_headers = { set = { "X-Forwarded-Proto" = "https" }, remove = ["x-real-ip"] }"#;
+    let gw = gateway(&one_route(&format!("\"{}\"", rec.url()), "", edits)).await;
+    send(
+        gw.http(),
+        req("GET", "app.example.com", "/api")
+            .header("x-forwarded-for", "6.6.6.6")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    let s = rec.last();
+    let proto: Vec<_> = s.headers.get_all("x-forwarded-proto").iter().collect();
+    assert_eq!(proto, [HeaderValue::from_static("https")]);
+    assert!(s.header("x-real-ip").is_none());
+    let xff: Vec<_> = s.headers.get_all("x-forwarded-for").iter().collect();
+    assert_eq!(xff, [HeaderValue::from_static("127.0.0.1")]);
 }
 
 #[tokio::test]
