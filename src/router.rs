@@ -203,6 +203,27 @@ impl HostTable {
     }
 }
 
+const BAD: u8 = 1;
+const UPPER: u8 = 2;
+const COLON: u8 = 4;
+
+/// The class of each byte of a host name: not allowed (controls, space, `/`, `@`), uppercase,
+/// or the port's colon.
+static HOST_BYTE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = match b as u8 {
+            b':' => COLON,
+            b'A'..=b'Z' => UPPER,
+            b'/' | b'@' | 0..=b' ' => BAD,
+            _ => 0,
+        };
+        b += 1;
+    }
+    t
+};
+
 /// Lowercases a `Host`/`:authority` value and strips the port and a trailing dot.
 /// Allocates only when the name has uppercase letters.
 pub fn normalize_host(raw: &str) -> Result<Cow<'_, str>, HostError> {
@@ -210,17 +231,20 @@ pub fn normalize_host(raw: &str) -> Result<Cow<'_, str>, HostError> {
     if raw.starts_with('[') {
         return normalize_ipv6_host(raw);
     }
-    // One pass (this runs on every request): the last colon, and whether any byte is invalid
-    // or uppercase. A port is all digits, so scanning it too changes neither answer.
-    let (mut colon, mut bad, mut upper) = (None, false, false);
-    for (i, b) in raw.bytes().enumerate() {
-        match b {
-            b':' => colon = Some(i),
-            b'A'..=b'Z' => upper = true,
-            b'/' | b'@' | 0..=b' ' => bad = true,
-            _ => {}
-        }
-    }
+    // One pass (this runs on every request) gathers each byte's class bits from a table: no
+    // branch per byte (a `match` per byte was 12 instructions a byte, callgrind). A port is all
+    // digits, so scanning it too changes neither answer.
+    let seen = raw
+        .bytes()
+        .fold(0u8, |seen, b| seen | HOST_BYTE[usize::from(b)]);
+    let (bad, upper) = (seen & BAD != 0, seen & UPPER != 0);
+    // The first colon: what follows must be a port, so a second one is refused (a name holds
+    // none: RFC 9110 §7.2, RFC 3986 §3.2.2).
+    let colon = if seen & COLON != 0 {
+        raw.find(':')
+    } else {
+        None
+    };
     let name = match colon {
         Some(i) if valid_port(&raw[i + 1..]) => &raw[..i],
         Some(_) => return Err(HostError::Invalid),
@@ -423,6 +447,10 @@ mod tests {
             "[::1",
             "user@host",
             "a.com:123456",
+            "a/b.com",
+            "a\tb.com",
+            "a\u{0}b.com",
+            "a.com:8:80",
         ] {
             assert_eq!(normalize_host(raw), Err(HostError::Invalid), "{raw}");
         }
