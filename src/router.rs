@@ -241,7 +241,7 @@ pub fn normalize_host(raw: &str) -> Result<Cow<'_, str>, HostError> {
     // The first colon: what follows must be a port, so a second one is refused (a name holds
     // none: RFC 9110 §7.2, RFC 3986 §3.2.2).
     let colon = if seen & COLON != 0 {
-        raw.find(':')
+        raw.bytes().position(|b| b == b':')
     } else {
         None
     };
