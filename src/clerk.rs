@@ -412,7 +412,7 @@ pub(crate) async fn handle(
     let out = Outgoing {
         upgrade: false,
         method: parts.method,
-        path_and_query: pq,
+        path_and_query: pq.into(),
         target_checked: false,
         headers: h,
         appended: None,

@@ -10,6 +10,7 @@
 //!
 //! This module must not parse config or hold state across requests; it reads the snapshot.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -61,7 +62,7 @@ pub(crate) struct Ctx<'a> {
     /// The Host (or `:authority`) as the client sent it, port included.
     pub host: &'a HeaderValue,
     /// The host name lowercased, without port (borrowed from `host` unless it had capitals).
-    pub host_name: std::borrow::Cow<'a, str>,
+    pub host_name: Cow<'a, str>,
     pub client_ip: IpAddr,
     pub peer_trusted: bool,
 }
@@ -325,7 +326,7 @@ fn handle(
         };
         let host_name = match host.to_str().ok().filter(|s| !s.is_empty()) {
             Some(h) => normalize_host(h).map_err(|_| ProxyError::BadHost)?,
-            None if host.is_empty() => std::borrow::Cow::Borrowed(""),
+            None if host.is_empty() => Cow::Borrowed(""),
             None => return Err(ProxyError::BadHost),
         };
         let site_idx = snap.hosts.lookup(&host_name).ok_or(ProxyError::NoSite)?;
@@ -489,27 +490,31 @@ fn to_upstream(
             check_content_length(req.headers(), opts.limits.max_body)?;
         }
 
-        // The path the backend gets: the original bytes, or the normalized rest after the prefix.
-        let strip = opts.strip_prefix && prefix != "/";
-        let (path, target_checked) = match stripped {
-            Some(rest) if strip && !rest.is_empty() => (rest, false),
-            _ if strip => ("/", true),
-            _ => (req.uri().path(), true),
-        };
-        let query = req.uri().query();
-        // Exactly sized: the string becomes the request target's bytes without a copy, which an
-        // oversized buffer would cost (an allocation).
-        let mut pq = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
-        pq.push_str(path);
-        if let Some(q) = query {
-            pq.push('?');
-            pq.push_str(q);
-        }
-
         let client_upgrade = (req.version() <= Version::HTTP_11 && opts.websocket)
             .then(|| hyper::upgrade::on(&mut req));
-
         let (parts, body) = req.into_parts();
+
+        // The path the backend gets: the original bytes, or the normalized rest after the prefix.
+        // The client's own target is borrowed as it is (a copy was an allocation per request).
+        let strip = opts.strip_prefix && prefix != "/";
+        let query = parts.uri.query();
+        let with_query = |path: &str| {
+            // Exactly sized: the string becomes the request target's bytes without a copy,
+            // which an oversized buffer would cost (an allocation).
+            let mut pq = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
+            pq.push_str(path);
+            if let Some(q) = query {
+                pq.push('?');
+                pq.push_str(q);
+            }
+            Cow::Owned(pq)
+        };
+        let (pq, target_checked) = match (stripped, parts.uri.path_and_query()) {
+            (Some(rest), _) if strip && !rest.is_empty() => (with_query(rest), false),
+            _ if strip => (with_query("/"), true),
+            (_, Some(own)) if own.as_str().starts_with('/') => (Cow::Borrowed(own.as_str()), true),
+            _ => (with_query(parts.uri.path()), true),
+        };
         let mut h = parts.headers;
         // An h2 client sends `:authority`, not Host: the h1 upstream needs a Host header. (Without
         // an authority in the target, `cx.host` is the Host header itself: no lookup needed.)
@@ -654,7 +659,7 @@ pub(crate) struct Outgoing<'a> {
     pub upgrade: bool,
     pub method: Method,
     /// Appended to the backend URL's own path.
-    pub path_and_query: String,
+    pub path_and_query: Cow<'a, str>,
     /// `path_and_query` is the client's own, as parsed when the request was read (or `/`): it
     /// goes to a pooled connection without being checked again. A normalized path (a stripped
     /// prefix) or a target built by a handler is checked.
@@ -725,23 +730,26 @@ pub(crate) fn forward<'a>(
                 }
                 _ => UpstreamBody::empty(),
             };
-            let pq = if backend.url.base_path.is_empty() && !can_retry {
-                // Sent once: the path is used as it is.
-                std::mem::take(&mut out.path_and_query)
-            } else {
+            let pq = if !backend.url.base_path.is_empty() {
                 let mut pq =
                     String::with_capacity(backend.url.base_path.len() + out.path_and_query.len());
                 pq.push_str(&backend.url.base_path);
                 pq.push_str(&out.path_and_query);
-                pq
+                Cow::Owned(pq)
+            } else if can_retry {
+                // Borrowed (the client's own) costs nothing to send again.
+                out.path_and_query.clone()
+            } else {
+                // Sent once: the path is used as it is.
+                std::mem::take(&mut out.path_and_query)
             };
             // The pool writes the request line as given (origin-form); hyper-util's client wants
             // absolute-form and converts it itself. The target is checked as a URI's path and
             // query unless it is the client's own, parsed when the request was read (parsing it
             // again, with the `Uri` around it, was 3% of a small request's instructions).
             let pool = backend.pool.as_ref().filter(|_| !out.upgrade);
-            let parse = |pq: String| {
-                PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq))
+            let parse = |pq: Cow<'_, str>| {
+                PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq.into_owned()))
                     .map_err(|_| ProxyError::BadPath(crate::path::PathError::BadEscape))
             };
             let sending = match pool {
@@ -898,7 +906,7 @@ enum Sending<'a> {
     Pooled {
         pool: &'a crate::pool::Pool,
         method: Method,
-        target: RequestTarget,
+        target: RequestTarget<'a>,
         headers: HeaderMap,
         appended: Option<headers::Appended<'a>>,
         body: UpstreamBody,
@@ -907,12 +915,12 @@ enum Sending<'a> {
 }
 
 /// The request target for the pool: the client's own (parsed already), or one checked here.
-enum RequestTarget {
-    Checked(String),
+enum RequestTarget<'a> {
+    Checked(Cow<'a, str>),
     Parsed(PathAndQuery),
 }
 
-impl RequestTarget {
+impl RequestTarget<'_> {
     fn as_str(&self) -> &str {
         match self {
             RequestTarget::Checked(s) => s,
