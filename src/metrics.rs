@@ -418,8 +418,29 @@ pub fn upstream_error(upstream: &str, kind: &'static str) {
 }
 
 /// An open client connection, counted while this guard lives.
+///
+/// Counted per worker and summed when `/metrics` is read ([`snapshot_gauges`]): a registry
+/// gauge shared by every worker was a lock and three writes to lines both workers use, per
+/// connection (scenario 3 of bench/README.md). The guard may be dropped on another worker than
+/// the one that opened it: each slot's count can then go below zero, the sum stays right.
 pub struct ConnGauge {
-    gauge: ::metrics::Gauge,
+    kind: u8,
+}
+
+/// The `(listener, protocol)` labels of `gatehouse_open_connections`.
+const CONN_KINDS: [(&str, &str); 6] = [
+    ("http", "h1"),
+    ("http", "h2"),
+    ("http", "websocket"),
+    ("https", "h1"),
+    ("https", "h2"),
+    ("https", "websocket"),
+];
+
+fn open_conns() -> &'static PerWorker<[std::sync::atomic::AtomicI64; CONN_KINDS.len()]> {
+    static OPEN: OnceLock<PerWorker<[std::sync::atomic::AtomicI64; CONN_KINDS.len()]>> =
+        OnceLock::new();
+    OPEN.get_or_init(|| PerWorker::new(Default::default))
 }
 
 impl std::fmt::Debug for ConnGauge {
@@ -430,29 +451,32 @@ impl std::fmt::Debug for ConnGauge {
 
 impl ConnGauge {
     pub fn open(listener: &'static str, protocol: &'static str) -> ConnGauge {
-        let gauge = conn_gauge(listener, protocol);
-        gauge.increment(1.0);
-        ConnGauge { gauge }
+        let kind = CONN_KINDS
+            .iter()
+            .position(|&k| k == (listener, protocol))
+            .unwrap_or(0);
+        open_conns().local()[kind].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ConnGauge { kind: kind as u8 }
     }
 }
 
 impl Drop for ConnGauge {
     fn drop(&mut self) {
-        self.gauge.decrement(1.0);
+        open_conns().local()[usize::from(self.kind)]
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
-/// The open-connections gauge for a listener and protocol, looked up once per process.
-fn conn_gauge(listener: &'static str, protocol: &'static str) -> ::metrics::Gauge {
-    type Cache = Vec<((&'static str, &'static str), ::metrics::Gauge)>;
-    static CACHE: std::sync::Mutex<Cache> = std::sync::Mutex::new(Vec::new());
-    let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, g)) = c.iter().find(|(k, _)| *k == (listener, protocol)) {
-        return g.clone();
+/// Sets `gatehouse_open_connections` from the workers' counts.
+fn snapshot_open_connections() {
+    for (k, (listener, protocol)) in CONN_KINDS.iter().enumerate() {
+        let open: i64 = open_conns()
+            .iter()
+            .map(|w| w[k].load(std::sync::atomic::Ordering::Relaxed))
+            .sum();
+        gauge!(OPEN_CONNECTIONS, "listener" => *listener, "protocol" => *protocol)
+            .set(open.max(0) as f64);
     }
-    let g = gauge!(OPEN_CONNECTIONS, "listener" => listener, "protocol" => protocol);
-    c.push(((listener, protocol), g.clone()));
-    g
 }
 
 pub fn connection_accepted(listener: &'static str) {
@@ -508,6 +532,7 @@ pub struct ScrapedLabels(Mutex<Vec<Arc<str>>>);
 /// Sets the gauges that describe the snapshot being served; called on every scrape.
 pub fn snapshot_gauges(snap: &crate::state::Snapshot, scraped: &ScrapedLabels) {
     gauge!(CONFIG_GENERATION).set(snap.generation as f64);
+    snapshot_open_connections();
     for site in &snap.sites {
         if let Some(cert) = &site.cert {
             gauge!(CERT_EXPIRY, "site" => site.name.to_string()).set(cert.seconds_left() as f64);

@@ -68,7 +68,13 @@ impl<T> PerWorker<T> {
 
     /// The calling worker's value.
     pub fn local(&self) -> &Arc<Padded<T>> {
-        &self.slots[WORKER.with(Cell::get) % self.slots.len()]
+        let i = WORKER.with(Cell::get);
+        // A worker's index is below the slot count but on a machine with more workers than
+        // cores: the division (tens of cycles, several times per request) only then.
+        match self.slots.get(i) {
+            Some(slot) => slot,
+            None => &self.slots[i % self.slots.len()],
+        }
     }
 
     /// Every worker's value, to add them up.
