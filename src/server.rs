@@ -3,7 +3,7 @@
 //! Each listener runs one accept loop per worker runtime (on Linux each on a socket of its own
 //! in a `SO_REUSEPORT` group: see [`Bound`]), and each loop never dies on an error (EMFILE
 //! backs off and retries; a per-connection error is ignored), caps open connections with a
-//! semaphore, sets `TCP_NODELAY` on TLS connections (a plain one gets it when it needs it:
+//! counter ([`ConnLimit`]), sets `TCP_NODELAY` on TLS connections (a plain one gets it when it needs it:
 //! `h1_server::serve`), and spawns one task per connection. The task does the TLS handshake
 //! under a deadline, then serves HTTP/1.1 or HTTP/2 (chosen by ALPN, or by the h2c preface on
 //! plain listeners) with upgrades enabled.
@@ -457,7 +457,7 @@ pub async fn accept_loop(
     accepting.abort();
 }
 
-/// The accept loop proper: never returns unless the connection limit is closed (it is not).
+/// The accept loop proper: it never returns, and ends when [`accept_loop`] aborts it.
 async fn accept(
     listener: TcpListener,
     kind: ListenerKind,
