@@ -277,24 +277,44 @@ def both(d, workers, fn, tls_port=False, **kw):
     """Runs `fn(proc, port, name)` on Gatehouse, then on nginx, each with `workers` workers, a fresh
     process each time; REPEAT rounds, and every figure is the median of its rounds (errors: the sum;
     peak RSS: the largest), because one round on a shared machine is noise."""
-    rounds = {"gatehouse": [], "nginx": []}
+    return interleaved(d, workers, fn, [kw], tls_port)[0]
+
+
+def interleaved(d, workers, fn, variants, tls_port=False):
+    """As `both`, for several configurations (one keyword set each) whose ratio is the figure:
+    every round runs every variant, so a machine that slows down during the run (it does, by
+    20% within minutes) slows them alike, instead of the first variant's rounds all coming before
+    the second's."""
+    rounds = [{"gatehouse": [], "nginx": []} for _ in variants]
     for _ in range(REPEAT):
-        for name, start, port in [("gatehouse", start_gatehouse, GH_HTTPS if tls_port else GH_HTTP),
-                                  ("nginx", start_nginx, NG_HTTPS if tls_port else NG_HTTP)]:
-            p = start(d, workers, **kw)
-            try:
-                r = fn(p, port, name)
-                rounds[name].append(r)
-                # Every round on stderr: the table keeps medians, and the spread is what tells noise
-                # from a difference.
-                if "kib_per_conn" in r:
-                    log(f"  round {len(rounds[name])} {name}: {r['kib_per_conn']:.2f} KiB per idle connection")
-                else:
-                    log(f"  round {len(rounds[name])} {name}: {r['rps']:.0f} rps, CPU {r.get('cpu_per_10k', 0):.3f} s/10k")
-            finally:
-                p.stop()
-            time.sleep(0.5)
-    return {name: combine(rs) for name, rs in rounds.items()}
+        for kw, rs in zip(variants, rounds):
+            for name, start, port in [("gatehouse", start_gatehouse, GH_HTTPS if tls_port else GH_HTTP),
+                                      ("nginx", start_nginx, NG_HTTPS if tls_port else NG_HTTP)]:
+                p = start(d, workers, **kw)
+                try:
+                    r = fn(p, port, name)
+                    rs[name].append(r)
+                    # Every round on stderr: the table keeps medians, and the spread is what tells
+                    # noise from a difference.
+                    what = f" {kw}" if len(variants) > 1 else ""
+                    if "kib_per_conn" in r:
+                        log(f"  round {len(rs[name])} {name}{what}: {r['kib_per_conn']:.2f} KiB per idle connection")
+                    else:
+                        log(f"  round {len(rs[name])} {name}{what}: {r['rps']:.0f} rps, CPU {r.get('cpu_per_10k', 0):.3f} s/10k")
+                finally:
+                    p.stop()
+                time.sleep(0.5)
+    out = [{name: combine(rs) for name, rs in r.items()} for r in rounds]
+    for res, r in zip(out, rounds):
+        for name, rs in r.items():
+            res[name]["rps_rounds"] = [x["rps"] for x in rs]
+    return out
+
+
+def paired_ratio(a, b, name):
+    """The median over rounds of b's requests per second over a's in the same round (variants
+    from `interleaved`): what a slow stretch of the machine moves, it moves for both."""
+    return statistics.median(y / x for x, y in zip(a[name]["rps_rounds"], b[name]["rps_rounds"]) if x)
 
 
 def combine(rs):
@@ -396,10 +416,15 @@ def main():
             rows.append(("5. 10,000 idle keep-alive connections", res["gatehouse"], res["nginx"], "memory"))
             log(f"5: gatehouse {res['gatehouse']['kib_per_conn']:.1f} KiB/conn, nginx {res['nginx']['kib_per_conn']:.1f} KiB/conn")
         if want(6):
-            one = both(d, 1, lambda p, port, _n: measure(p, lambda: wrk(port, "/api/x", 64, S)), sites=1)
-            many = both(d, 1, lambda p, port, _n: measure(p, lambda: wrk(port, "/api/x", 64, S)), sites=10000)
+            # The two tables' rounds alternate (see `interleaved`): their ratio is the figure.
+            one, many = interleaved(d, 1, lambda p, port, _n: measure(p, lambda: wrk(port, "/api/x", 64, S)),
+                                    [{"sites": 1}, {"sites": 10000}])
             row("6a. route table: 1 site", one)
-            row("6b. route table: 10,000 sites", many, f"gatehouse 10k/1 = {many['gatehouse']['rps'] / one['gatehouse']['rps']:.3f}; nginx 10k/1 = {many['nginx']['rps'] / one['nginx']['rps']:.3f}")
+            row("6b. route table: 10,000 sites", many,
+                "10k/1, the median of the rounds' ratios (each round runs both tables): "
+                f"gatehouse {paired_ratio(one, many, 'gatehouse'):.3f}, nginx {paired_ratio(one, many, 'nginx'):.3f}; "
+                f"ratio of the medians: gatehouse {many['gatehouse']['rps'] / one['gatehouse']['rps']:.3f}, "
+                f"nginx {many['nginx']['rps'] / one['nginx']['rps']:.3f}")
         if want(7):
             import threading
 
