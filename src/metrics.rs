@@ -10,6 +10,7 @@
 //! ([`RouteMetrics`]). Gauges that describe the current snapshot (backend health, requests in
 //! flight, certificate expiry, config generation) are computed when `/metrics` is scraped.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -74,7 +75,7 @@ pub fn install() -> PrometheusHandle {
 /// Starts [`spawn_upkeep`] once per process.
 pub fn spawn_upkeep_once(handle: PrometheusHandle) {
     static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if !STARTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+    if !STARTED.swap(true, Ordering::SeqCst) {
         spawn_upkeep(handle);
     }
 }
@@ -437,9 +438,11 @@ const CONN_KINDS: [(&str, &str); 6] = [
     ("https", "websocket"),
 ];
 
-fn open_conns() -> &'static PerWorker<[std::sync::atomic::AtomicI64; CONN_KINDS.len()]> {
-    static OPEN: OnceLock<PerWorker<[std::sync::atomic::AtomicI64; CONN_KINDS.len()]>> =
-        OnceLock::new();
+/// Each worker's count of open connections, one per kind.
+type OpenCounts = [AtomicI64; CONN_KINDS.len()];
+
+fn open_conns() -> &'static PerWorker<OpenCounts> {
+    static OPEN: OnceLock<PerWorker<OpenCounts>> = OnceLock::new();
     OPEN.get_or_init(|| PerWorker::new(Default::default))
 }
 
@@ -455,15 +458,14 @@ impl ConnGauge {
             .iter()
             .position(|&k| k == (listener, protocol))
             .unwrap_or(0);
-        open_conns().local()[kind].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        open_conns().local()[kind].fetch_add(1, Ordering::Relaxed);
         ConnGauge { kind: kind as u8 }
     }
 }
 
 impl Drop for ConnGauge {
     fn drop(&mut self) {
-        open_conns().local()[usize::from(self.kind)]
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        open_conns().local()[usize::from(self.kind)].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -472,7 +474,7 @@ fn snapshot_open_connections() {
     for (k, (listener, protocol)) in CONN_KINDS.iter().enumerate() {
         let open: i64 = open_conns()
             .iter()
-            .map(|w| w[k].load(std::sync::atomic::Ordering::Relaxed))
+            .map(|w| w[k].load(Ordering::Relaxed))
             .sum();
         gauge!(OPEN_CONNECTIONS, "listener" => *listener, "protocol" => *protocol)
             .set(open.max(0) as f64);

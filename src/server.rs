@@ -481,7 +481,8 @@ async fn accept(
         // waited for a connection kept it from the other workers' loops, and at a limit below
         // the number of workers a connection that the kernel gave another worker's socket was
         // never served. Over the limit, this one connection waits here, unserved, and the rest
-        // wait in the kernel's queue, as they did.
+        // wait in the kernel's queue, as they did. (`try_acquire` first: the common case builds
+        // no waiting future.)
         let permit = match ctx.limit.try_acquire() {
             Some(p) => p,
             None => ctx.limit.acquire().await,
