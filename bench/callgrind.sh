@@ -4,6 +4,7 @@
 # warm up, zero the counters, send N requests, dump. Stable where wall-clock is not.
 # Needs valgrind, h2load and (for nginx) nginx; builds the release binary first. Loopback only.
 # NEW_CONN=1: a new connection per request instead (wrk with `Connection: close`; needs wrk).
+# GATEHOUSE=target/pgo/gatehouse: measure that binary (the PGO build) instead of the plain one.
 #
 # The request is h2load's own (Host: 127.0.0.1:PORT, user-agent), answered by the default
 # site: h2load's `-H Host:` adds a second Host field, which both proxies refuse with a 400.
@@ -53,7 +54,7 @@ default = true
   upstream = "http://127.0.0.1:$UP_PORT"
 TOML
   valgrind --tool=callgrind --callgrind-out-file="$OUT" \
-    target/release/gatehouse run -c "$D/gatehouse.toml" >/dev/null 2>&1 & PID=$!
+    "${GATEHOUSE:-target/release/gatehouse}" run -c "$D/gatehouse.toml" >/dev/null 2>&1 & PID=$!
   ;;
 nginx)
   mkdir -p "$D/body" "$D/proxy"

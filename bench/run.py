@@ -22,6 +22,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 REL = ROOT / "target" / "release"
+# The Gatehouse binary measured: the PGO build (scripts/pgo-build.sh), as shipped for production,
+# or the plain release build with --no-pgo. The examples (upstream, idle client) are plain builds.
+GATEHOUSE = ROOT / "target" / "pgo" / "gatehouse"
 
 
 def pick_ports(preferred):
@@ -73,9 +76,12 @@ def ensure_tools():
         subprocess.run(sudo + ["systemctl", "stop", "nginx"], check=False, stderr=subprocess.DEVNULL)
 
 
-def build():
+def build(pgo):
     log("building gatehouse (release)")
     sh(["cargo", "build", "--release", "--locked", "--bin", "gatehouse", "--example", "bench_upstream", "--example", "bench_idle"], cwd=ROOT)
+    if pgo:
+        log("building gatehouse with profile-guided optimisation (scripts/pgo-build.sh)")
+        sh([str(ROOT / "scripts" / "pgo-build.sh")], cwd=ROOT)
 
 
 def wait_port(port, timeout=20):
@@ -262,7 +268,7 @@ http {{
 
 def start_gatehouse(d, workers, **kw):
     cfg = gatehouse_config(d, workers, **kw)
-    return Proc("gatehouse", [str(REL / "gatehouse"), "run", "-c", str(cfg)], GH_HTTP, env={"RUST_LOG": "error"})
+    return Proc("gatehouse", [str(GATEHOUSE), "run", "-c", str(cfg)], GH_HTTP, env={"RUST_LOG": "error"})
 
 
 def start_nginx(d, workers, **kw):
@@ -351,14 +357,20 @@ def main():
     ap.add_argument("--only", default="", help="comma-separated scenario numbers to run (default: all)")
     ap.add_argument("--repeat", type=int, default=3, help="rounds per scenario; figures are medians")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--no-pgo", action="store_true", help="measure the plain release build, not the PGO build (scripts/pgo-build.sh)")
     args = ap.parse_args()
     global REPEAT
     REPEAT = max(1, args.repeat)
     only = set(args.only.split(",")) if args.only else None
     want = lambda n: only is None or str(n) in only
     ensure_tools()
+    global GATEHOUSE
+    if args.no_pgo:
+        GATEHOUSE = REL / "gatehouse"
     if not args.no_build:
-        build()
+        build(not args.no_pgo)
+    if not GATEHOUSE.exists():
+        sys.exit(f"no {GATEHOUSE}: run without --no-build")
     try:
         import resource
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -493,7 +505,8 @@ def render(rows, args):
         "",
         f"Machine: {os.cpu_count()} cores, {cpu_model()}; {platform.system()} {platform.release()}. {ver}. "
         f"Load from wrk/h2load/openssl on the same machine; {args.secs}s per measurement; rounds per scenario: {args.repeat} "
-        f"(figures are medians of the rounds; errors summed; peak RSS the largest); upstream: bench_upstream (1 thread).",
+        f"(figures are medians of the rounds; errors summed; peak RSS the largest); upstream: bench_upstream (1 thread). "
+        f"Gatehouse: {'plain release build' if args.no_pgo else 'release build with profile-guided optimisation (scripts/pgo-build.sh)'}; nginx: the distribution's package.",
         "",
         "| scenario | metric | gatehouse | nginx | gatehouse / nginx |",
         "|---|---|---:|---:|---:|",
