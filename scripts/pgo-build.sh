@@ -131,5 +131,20 @@ say "3/4 merging the profile"
 say "4/4 optimised build"
 RUSTFLAGS="-Cprofile-use=$OUT/gatehouse.profdata" cargo build --release --locked \
   --target "$HOST_TRIPLE" --target-dir "$OUT/optimized" --bin gatehouse >&2
-cp "$OUT/optimized/$HOST_TRIPLE/release/gatehouse" "$OUT/gatehouse"
+# A last look: the optimised binary serves the training config over HTTP and HTTPS (the upstream
+# still runs). Only then does it replace target/pgo/gatehouse.
+NEW="$OUT/optimized/$HOST_TRIPLE/release/gatehouse"
+RUST_LOG=error "$NEW" run -c "$W/gatehouse.toml" >/dev/null 2>&1 &
+GH=$!
+PIDS+=($GH)
+for _ in $(seq 1 100); do
+  curl -sf -o /dev/null "http://127.0.0.1:$HTTP/" && break
+  sleep 0.1
+done
+curl -sf -o /dev/null "http://127.0.0.1:$HTTP/api/x" &&
+  curl -sfk -o /dev/null --resolve "train.local:$HTTPS:127.0.0.1" "https://train.local:$HTTPS/" ||
+  { say "the optimised binary did not serve the training config"; exit 1; }
+kill -TERM "$GH"
+wait "$GH" || true
+cp "$NEW" "$OUT/gatehouse"
 say "done: $OUT/gatehouse"

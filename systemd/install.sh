@@ -5,6 +5,7 @@
 #
 #   sudo systemd/install.sh                 # build in release mode and install
 #   sudo systemd/install.sh --binary PATH   # install a binary you already built
+#   sudo systemd/install.sh --pgo           # build with profile-guided optimisation (scripts/pgo-build.sh)
 #   systemd/install.sh --root DIR           # stage into DIR only (no user, no systemctl): for packaging and tests
 #
 # An existing /etc/gatehouse/gatehouse.toml is never overwritten. Undo with systemd/uninstall.sh.
@@ -14,11 +15,13 @@ here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(dirname "$here")"
 root=""
 binary=""
+pgo=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --root) root="$2"; shift 2 ;;
     --binary) binary="$2"; shift 2 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    --pgo) pgo=1; shift ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -28,7 +31,10 @@ if [ -z "$root" ] && [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-if [ -z "$binary" ]; then
+if [ -z "$binary" ] && [ -n "$pgo" ]; then
+  "$repo/scripts/pgo-build.sh"
+  binary="$repo/target/pgo/gatehouse"
+elif [ -z "$binary" ]; then
   (cd "$repo" && cargo build --release --locked)
   binary="$repo/target/release/gatehouse"
 fi
