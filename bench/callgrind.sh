@@ -16,22 +16,8 @@ cd "$ROOT"
 cargo build --release --locked --bin gatehouse --example bench_upstream >/dev/null
 D=$(mktemp -d)
 PID=""
-# Two loopback ports free now, the upstream's and the proxy's, picked below the ephemeral range
-# (32768 and up on Linux) as bench/run.py does: a port from bind(:0) is an ephemeral one, and a
-# connection still closing from the previous run can hold it, so the upstream's bind then fails.
-read -r UP_PORT PORT < <(python3 -c '
-import socket
-ports = []
-for port in range(18180, 20000):
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-    ports.append(port)
-    if len(ports) == 2:
-        break
-print(*ports)')
+# Two loopback ports free now, the upstream's and the proxy's (see bench/free_ports.py).
+read -r UP_PORT PORT < <(python3 bench/free_ports.py 2 18180)
 trap 'kill $PID $UPID 2>/dev/null || true; rm -rf "$D"' EXIT
 target/release/examples/bench_upstream 127.0.0.1:$UP_PORT 1 & UPID=$!
 OUT="$ROOT/target/callgrind.$WHO.out"

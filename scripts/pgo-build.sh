@@ -12,7 +12,8 @@
 #
 # How: (1) build an instrumented binary; (2) run it on loopback under a mixed load: HTTP/1.1
 # keep-alive and a new connection per request, small and large responses, uploads, TLS 1.3 with
-# HTTP/2 and HTTP/1.1, full handshakes; (3) merge the counts; (4) build again with them. Takes
+# HTTP/2 and HTTP/1.1, full handshakes, and the Clerk, static and redirect targets (a path the
+# training never takes is compiled as cold: small, not fast); (3) merge the counts; (4) build again with them. Takes
 # about two plain builds plus half a minute. The profile only steers layout and inlining: the
 # binary behaves the same whatever the load was (same code, same tests).
 #
@@ -27,6 +28,15 @@ OUT="$ROOT/target/pgo"
 PROFILES="$OUT/profiles"
 
 say() { echo "pgo-build: $*" >&2; }
+# Whether URL answers with a 2xx within 10 s (a process just started: polled, it has no
+# readiness signal to wait on).
+answers() {
+  for _ in $(seq 1 100); do
+    curl -sf -o /dev/null "$1" && return 0
+    sleep 0.1
+  done
+  return 1
+}
 
 # Tools. llvm-profdata must come from the same LLVM as rustc: profile formats differ by version.
 PROFDATA="$(rustc --print sysroot)/lib/rustlib/$HOST_TRIPLE/bin/llvm-profdata"
@@ -63,19 +73,7 @@ say "2/4 training run"
 W=$(mktemp -d)
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$W"' EXIT
-read -r UP HTTP HTTPS < <(python3 -c '
-import socket
-ports = []
-for port in range(18280, 20000):
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-    ports.append(port)
-    if len(ports) == 3:
-        break
-print(*ports)')
+read -r UP HTTP HTTPS < <(python3 "$ROOT/bench/free_ports.py" 3 18280)
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=train.local \
   -addext subjectAltName=DNS:train.local -keyout "$W/key.pem" -out "$W/cert.pem" 2>/dev/null
 cat > "$W/gatehouse.toml" <<TOML
@@ -84,10 +82,25 @@ http = "127.0.0.1:$HTTP"
 https = "127.0.0.1:$HTTPS"
 workers = 1
 max_body = "100MiB"
+# Made-up keys: the Clerk route's Frontend API is the local upstream.
+[clerk]
+publishable_key = "pk_live_Y2xlcmsuZXhhbXBsZS5jb20k"
+secret_key = { env = "TRAINING_CLERK_SECRET_KEY" }
+fapi_url = "http://127.0.0.1:$UP/"
 [[site]]
 hosts = ["train.local"]
 default = true
 tls = { cert = "$W/cert.pem", key = "$W/key.pem" }
+  [[site.route]]
+  prefix = "/__clerk"
+  clerk = true
+  [[site.route]]
+  prefix = "/assets"
+  static = { root = "$W/public" }
+  strip_prefix = true
+  [[site.route]]
+  exact = "/old"
+  redirect = { to = "https://\$host/new", status = 301 }
   [[site.route]]
   prefix = "/api"
   upstream = "http://127.0.0.1:$UP"
@@ -96,21 +109,23 @@ tls = { cert = "$W/cert.pem", key = "$W/key.pem" }
   prefix = "/"
   upstream = "http://127.0.0.1:$UP"
 TOML
+mkdir -p "$W/public"
+head -c 20000 /dev/zero | tr '\0' 'x' > "$W/public/app.js"
 "$ROOT/target/release/examples/bench_upstream" "127.0.0.1:$UP" 1 >/dev/null 2>&1 &
 PIDS+=($!)
-LLVM_PROFILE_FILE="$PROFILES/gatehouse-%p.profraw" RUST_LOG=error \
+LLVM_PROFILE_FILE="$PROFILES/gatehouse-%p.profraw" RUST_LOG=error TRAINING_CLERK_SECRET_KEY=sk_live_training \
   "$OUT/instrumented/$HOST_TRIPLE/release/gatehouse" run -c "$W/gatehouse.toml" >/dev/null 2>&1 &
 GH=$!
 PIDS+=($GH)
-for _ in $(seq 1 100); do
-  curl -sf -o /dev/null "http://127.0.0.1:$HTTP/" && break
-  sleep 0.1
-done
-curl -sf -o /dev/null "http://127.0.0.1:$HTTP/" || { say "the instrumented gatehouse did not answer"; exit 1; }
+answers "http://127.0.0.1:$HTTP/" || { say "the instrumented gatehouse did not answer"; exit 1; }
 H="http://127.0.0.1:$HTTP"
 wrk -t1 -c64 -d4s "$H/" >/dev/null
 wrk -t1 -c64 -d2s -H "X-Request: one" "$H/api/items?page=2" >/dev/null
 wrk -t1 -c32 -d2s -H "Connection: close" "$H/" >/dev/null
+# The other targets, less often, as a site's traffic would have them: Clerk, files, redirects.
+wrk -t1 -c16 -d1s -H "Cookie: __session=x" "$H/__clerk/v1/client?_clerk_js_version=5" >/dev/null
+wrk -t1 -c16 -d1s "$H/assets/app.js" >/dev/null
+wrk -t1 -c8 -d1s "$H/old" >/dev/null
 wrk -t1 -c16 -d2s "$H/bytes/65536" >/dev/null
 wrk -t1 -c4 -d2s "$H/bytes/1048576" >/dev/null
 head -c 10485760 /dev/zero > "$W/upload"
@@ -134,14 +149,12 @@ RUSTFLAGS="-Cprofile-use=$OUT/gatehouse.profdata" cargo build --release --locked
 # A last look: the optimised binary serves the training config over HTTP and HTTPS (the upstream
 # still runs). Only then does it replace target/pgo/gatehouse.
 NEW="$OUT/optimized/$HOST_TRIPLE/release/gatehouse"
-RUST_LOG=error "$NEW" run -c "$W/gatehouse.toml" >/dev/null 2>&1 &
+RUST_LOG=error TRAINING_CLERK_SECRET_KEY=sk_live_training "$NEW" run -c "$W/gatehouse.toml" >/dev/null 2>&1 &
 GH=$!
 PIDS+=($GH)
-for _ in $(seq 1 100); do
-  curl -sf -o /dev/null "http://127.0.0.1:$HTTP/" && break
-  sleep 0.1
-done
-curl -sf -o /dev/null "http://127.0.0.1:$HTTP/api/x" &&
+answers "http://127.0.0.1:$HTTP/api/x" &&
+  curl -sf -o /dev/null "http://127.0.0.1:$HTTP/__clerk/v1/client" &&
+  curl -sf -o /dev/null "http://127.0.0.1:$HTTP/assets/app.js" &&
   curl -sfk -o /dev/null --resolve "train.local:$HTTPS:127.0.0.1" "https://train.local:$HTTPS/" ||
   { say "the optimised binary did not serve the training config"; exit 1; }
 kill -TERM "$GH"
