@@ -3,18 +3,19 @@
 #
 #   scripts/pgo-build.sh                               # then, for the service:
 #   sudo systemd/install.sh --binary target/pgo/gatehouse
+#   (or both at once: sudo systemd/install.sh --pgo)
 #
 # Why: a proxy's hot path is a few thousand instructions spread over hyper, tokio, rustls and our
 # own code. Without a profile the compiler lays that code out and inlines it blind; with one it
 # puts the hot path together and the cold paths (errors, config) out of the way. Measured with
 # callgrind on a small keep-alive request: 18.6k instructions and 1,290 instruction-cache misses
-# per request plain, 14.5k and 479 with PGO (bench/README.md).
+# per request plain, 14.5k and under 500 with PGO (bench/README.md).
 #
 # How: (1) build an instrumented binary; (2) run it on loopback under a mixed load: HTTP/1.1
 # keep-alive and a new connection per request, small and large responses, uploads, TLS 1.3 with
 # HTTP/2 and HTTP/1.1, full handshakes, and the Clerk, static and redirect targets (a path the
-# training never takes is compiled as cold: small, not fast); (3) merge the counts; (4) build again with them. Takes
-# about two plain builds plus half a minute. The profile only steers layout and inlining: the
+# training never takes is compiled as cold: small, not fast); (3) merge the counts; (4) build
+# again with them, and check the result serves. Takes about two plain builds plus half a minute. The profile only steers layout and inlining: the
 # binary behaves the same whatever the load was (same code, same tests).
 #
 # Needs: the llvm-tools component matching rustc (`rustup component add llvm-tools`, done here if
@@ -42,7 +43,7 @@ answers() {
 PROFDATA="$(rustc --print sysroot)/lib/rustlib/$HOST_TRIPLE/bin/llvm-profdata"
 if [ ! -x "$PROFDATA" ]; then
   say "adding the llvm-tools component (for llvm-profdata)"
-  rustup component add llvm-tools >&2
+  rustup component add llvm-tools >&2 || true
 fi
 [ -x "$PROFDATA" ] || { say "no $PROFDATA: install the llvm-tools component for $(rustc -V)"; exit 1; }
 need=()
