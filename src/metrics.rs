@@ -10,7 +10,7 @@
 //! ([`RouteMetrics`]). Gauges that describe the current snapshot (backend health, requests in
 //! flight, certificate expiry, config generation) are computed when `/metrics` is scraped.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -74,7 +74,7 @@ pub fn install() -> PrometheusHandle {
 
 /// Starts [`spawn_upkeep`] once per process.
 pub fn spawn_upkeep_once(handle: PrometheusHandle) {
-    static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    static STARTED: AtomicBool = AtomicBool::new(false);
     if !STARTED.swap(true, Ordering::SeqCst) {
         spawn_upkeep(handle);
     }
@@ -428,7 +428,8 @@ pub struct ConnGauge {
     kind: u8,
 }
 
-/// The `(listener, protocol)` labels of `gatehouse_open_connections`.
+/// The `(listener, protocol)` labels of `gatehouse_open_connections`, in [`ConnGauge::open`]'s
+/// order: plain listener first, then TLS; within each, [`ConnProtocol`]'s order.
 const CONN_KINDS: [(&str, &str); 6] = [
     ("http", "h1"),
     ("http", "h2"),
@@ -452,12 +453,18 @@ impl std::fmt::Debug for ConnGauge {
     }
 }
 
+/// What an open connection speaks, for `gatehouse_open_connections`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnProtocol {
+    H1 = 0,
+    H2 = 1,
+    WebSocket = 2,
+}
+
 impl ConnGauge {
-    pub fn open(listener: &'static str, protocol: &'static str) -> ConnGauge {
-        let kind = CONN_KINDS
-            .iter()
-            .position(|&k| k == (listener, protocol))
-            .unwrap_or(0);
+    /// Counts a connection on a TLS (`https`) or plain (`http`) listener.
+    pub fn open(tls: bool, protocol: ConnProtocol) -> ConnGauge {
+        let kind = usize::from(tls) * 3 + protocol as usize;
         open_conns().local()[kind].fetch_add(1, Ordering::Relaxed);
         ConnGauge { kind: kind as u8 }
     }
@@ -574,6 +581,27 @@ mod tests {
             handles: OnceLock::new(),
             workers: PerWorker::with_slots(1, Mutex::default),
         })
+    }
+
+    #[test]
+    fn each_open_connection_is_counted_under_its_listener_and_protocol_labels() {
+        use ConnProtocol::*;
+        let table = [
+            (false, H1, ("http", "h1")),
+            (false, H2, ("http", "h2")),
+            (false, WebSocket, ("http", "websocket")),
+            (true, H1, ("https", "h1")),
+            (true, H2, ("https", "h2")),
+            (true, WebSocket, ("https", "websocket")),
+        ];
+        for (tls, protocol, labels) in table {
+            let g = ConnGauge::open(tls, protocol);
+            assert_eq!(
+                CONN_KINDS[usize::from(g.kind)],
+                labels,
+                "{tls} {protocol:?}"
+            );
+        }
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::body::{Body, ReqBody, RequestBodyStats, UpstreamBody, UpstreamUsed};
 use crate::config::HostPolicy;
 use crate::error::ProxyError;
 use crate::headers::{self, Hop};
+use crate::metrics::{ConnGauge, ConnProtocol};
 use crate::router::normalize_host;
 use crate::server::{Activity, ActivityGuard};
 use crate::state::{Route, Shared, Snapshot, Target};
@@ -46,7 +47,7 @@ pub struct ConnInfo {
     pub activity: Arc<Activity>,
     /// Counts this connection in `gatehouse_open_connections` from its first request (when its
     /// protocol is known) until it closes.
-    pub gauge: std::sync::OnceLock<crate::metrics::ConnGauge>,
+    pub gauge: std::sync::OnceLock<ConnGauge>,
 }
 
 impl ConnInfo {
@@ -108,11 +109,11 @@ pub fn serve<'a>(
         let started = Instant::now();
         conn.gauge.get_or_init(|| {
             let proto = if req.version() == Version::HTTP_2 {
-                "h2"
+                ConnProtocol::H2
             } else {
-                "h1"
+                ConnProtocol::H1
             };
-            crate::metrics::ConnGauge::open(if conn.tls { "https" } else { "http" }, proto)
+            ConnGauge::open(conn.tls, proto)
         });
         let snap = shared.load();
         let is_h1 = req.version() <= Version::HTTP_11;
@@ -576,14 +577,13 @@ fn to_upstream(
 
         if let Some(client_on) = upgrade {
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                let listener = if cx.conn.tls { "https" } else { "http" };
                 let (parts, body) = resp.into_parts();
                 if let UpResp::Legacy(body) = body {
                     return Ok(splice_upgrade(
                         client_on,
                         Response::from_parts(parts, body),
                         backend,
-                        listener,
+                        cx.conn.tls,
                     ));
                 }
                 return Err(ProxyError::UpgradeRefused);
@@ -614,12 +614,12 @@ fn splice_upgrade(
     client_on: hyper::upgrade::OnUpgrade,
     mut resp: Response<Incoming>,
     backend: &Backend,
-    listener: &'static str,
+    tls: bool,
 ) -> Response<Body> {
     let upstream_on = hyper::upgrade::on(&mut resp);
     let label = backend.label.clone();
     tokio::spawn(async move {
-        let _open = crate::metrics::ConnGauge::open(listener, "websocket");
+        let _open = ConnGauge::open(tls, ConnProtocol::WebSocket);
         let (client, upstream) = tokio::join!(client_on, upstream_on);
         match (client, upstream) {
             (Ok(c), Ok(u)) => {
