@@ -1,7 +1,9 @@
 //! Idle HTTP/1.1 keep-alive connections parked as bare sockets (`park.rs`): a parked connection
 //! serves its client's next request, is closed at its idle timeout and by shutdown, and leaves
 //! the lot when its client goes away. Parking is seen through `gatehouse_parked_connections`,
-//! a process-wide gauge, so these tests take turns.
+//! a process-wide gauge, so these tests take turns, and each ends by shutting its gateway down:
+//! connections are served on worker runtimes shared by the whole binary, so one left open by a
+//! test would otherwise close during the next one and move the gauges under it.
 
 mod common;
 
@@ -45,6 +47,15 @@ async fn gauge_reaches(admin: SocketAddr, name: &str, n: f64) {
 /// Waits until `n` connections are parked.
 async fn parked(admin: SocketAddr, n: f64) {
     gauge_reaches(admin, "gatehouse_parked_connections", n).await;
+}
+
+/// Shuts the gateway down and waits for its connection tasks, which settles the gauges before the
+/// next test takes its turn.
+async fn settle(gw: &Gw) {
+    assert!(
+        within("shutdown", gw.gw.shutdown(Duration::from_secs(10))).await,
+        "a connection held the shutdown up"
+    );
 }
 
 /// A keep-alive client connection to the gateway.
@@ -105,6 +116,7 @@ async fn a_parked_connection_serves_its_next_request() {
     assert_eq!(uris, ["/1", "/2", "/3"]);
     drop(c);
     parked(admin, 0.0).await;
+    settle(&gw).await;
 }
 
 #[tokio::test]
@@ -122,6 +134,7 @@ async fn a_parked_connection_is_closed_at_its_idle_timeout() {
         .unwrap();
     assert_eq!(rest, b"b");
     parked(admin, 0.0).await;
+    settle(&gw).await;
 }
 
 #[tokio::test]
@@ -137,6 +150,7 @@ async fn a_client_that_goes_away_leaves_the_lot() {
     drop(c);
     parked(admin, 0.0).await;
     gauge_reaches(admin, "gatehouse_open_connections", open_before).await;
+    settle(&gw).await;
 }
 
 #[tokio::test]
@@ -176,6 +190,7 @@ async fn a_connection_that_came_back_is_parked_and_serves_on() {
     }
     parked(admin, 1.0).await;
     assert_eq!(fetch(&mut c, "/6").await, (200, "b".into()));
+    settle(&gw).await;
 }
 
 #[tokio::test]
