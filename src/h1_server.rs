@@ -619,6 +619,7 @@ fn write_response<T: AsyncWrite + Transport + Unpin>(
         // nothing ready is never waited for with bytes held back (server-sent events stream).
         let mut sent = 0u64;
         let mut pieces: Vec<Bytes> = Vec::new();
+        let mut trailers = None;
         loop {
             let mut end = false;
             let mut ready = 0usize;
@@ -643,7 +644,16 @@ fn write_response<T: AsyncWrite + Transport + Unpin>(
                         end = true;
                         break;
                     }
-                    Some(Ok(f)) => f.into_data().unwrap_or_default(),
+                    Some(Ok(f)) => match f.into_data() {
+                        Ok(data) => data,
+                        // Trailers end the body. Only chunked framing carries them (RFC 9112
+                        // §7.1.2); a response framed by its length drops them.
+                        Err(f) => {
+                            trailers = f.into_trailers().ok();
+                            end = true;
+                            break;
+                        }
+                    },
                     // The client gets a short body on a closed connection, never a padded one.
                     Some(Err(e)) => return Err(io::Error::other(e)),
                 };
@@ -667,7 +677,10 @@ fn write_response<T: AsyncWrite + Transport + Unpin>(
                 return Err(length_mismatch());
             }
             if end && chunked {
-                pieces.push(Bytes::from_static(b"0\r\n\r\n"));
+                pieces.push(match &trailers {
+                    None => Bytes::from_static(b"0\r\n\r\n"),
+                    Some(t) => crate::h1::last_chunk(Some(t)),
+                });
             }
             let mut bufs: Vec<IoSlice<'_>> = Vec::with_capacity(pieces.len() + 1);
             bufs.push(IoSlice::new(&out));
@@ -737,7 +750,8 @@ fn ready_now(body: &mut Body) -> Ready {
         Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
             Ok(data) if body.is_end_stream() => Ready::Whole(data),
             Ok(data) => Ready::First(data),
-            // Trailers: this path does not send them (as before).
+            // Trailers: this path is for a body framed by its length, which has no place for
+            // them (RFC 9112 §7.1.2: only chunked framing carries trailers).
             Err(_) => Ready::Whole(Bytes::new()),
         },
         Poll::Ready(Some(Err(e))) => Ready::Failed(e),

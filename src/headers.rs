@@ -88,7 +88,19 @@ fn remove_where(headers: &mut HeaderMap, pred: impl Fn(&HeaderName) -> bool) {
 /// Removes hop-by-hop headers: every name listed in `Connection` (RFC 9110 §7.6.1) and the
 /// fixed set, in one removal pass.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> HopInfo {
-    if !headers.keys().any(is_hop_by_hop) {
+    strip(headers, false)
+}
+
+/// As [`strip_hop_by_hop`], for an app route's response: `Trailer` stays. RFC 9110 §6.6.2 makes
+/// it end to end (only RFC 2616 listed it as hop-by-hop), and an HTTP/1.1 client that reads
+/// trailers with hyper or curl drops the ones a response did not declare in it.
+pub fn strip_hop_by_hop_keep_trailer(headers: &mut HeaderMap) -> HopInfo {
+    strip(headers, true)
+}
+
+fn strip(headers: &mut HeaderMap, keep_trailer: bool) -> HopInfo {
+    let hop = |k: &HeaderName| is_hop_by_hop(k) && !(keep_trailer && k == header::TRAILER);
+    if !headers.keys().any(hop) {
         return HopInfo::default();
     }
     let te_trailers = headers
@@ -120,7 +132,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> HopInfo {
             .flatten(),
     };
     remove_where(headers, |k| {
-        is_hop_by_hop(k) || (close_listed && k.as_str() == "close") || listed.contains(k)
+        hop(k) || (close_listed && k.as_str() == "close") || listed.contains(k)
     });
     info
 }
@@ -521,6 +533,25 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("user-agent"));
+    }
+
+    #[test]
+    fn an_app_response_keeps_trailer_rfc9110_6_6_2() {
+        let mut h = map(&[
+            ("trailer", "grpc-status"),
+            ("transfer-encoding", "chunked"),
+            ("connection", "keep-alive"),
+        ]);
+        strip_hop_by_hop_keep_trailer(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h.get("trailer").unwrap(), "grpc-status");
+    }
+
+    #[test]
+    fn trailer_listed_in_connection_goes_even_from_an_app_response() {
+        let mut h = map(&[("connection", "trailer"), ("trailer", "x")]);
+        strip_hop_by_hop_keep_trailer(&mut h);
+        assert!(h.is_empty());
     }
 
     #[test]

@@ -589,7 +589,7 @@ fn to_upstream(
                 return Err(ProxyError::UpgradeRefused);
             }
         }
-        headers::strip_hop_by_hop(resp.headers_mut());
+        headers::strip_hop_by_hop_keep_trailer(resp.headers_mut());
         Ok(resp.map(|b| Body::upstream(b, used)))
     }
 }

@@ -368,16 +368,25 @@ impl Bound {
             copies.push(first);
             return Ok(Bound { addr, copies });
         }
-        // A socket without SO_REUSEPORT first: an address that another process holds (even
-        // with SO_REUSEPORT, say a second Gatehouse) fails here with "address in use", where
-        // joining its group would silently split the traffic. It also fixes port 0 to a port.
-        let addr = {
-            let probe = bind(addr)?;
-            probe.local_addr().unwrap_or(addr)
+        let mut copies = Vec::with_capacity(workers);
+        let addr = if addr.port() == 0 {
+            // The kernel picks a port that no socket holds, group or not (Linux 4.6 on), and
+            // the group forms on it. A probe here would free its port before the group bound
+            // it, and a parallel bind could take it in between (a flaky "address in use").
+            let first = bind_with(addr, true)?;
+            let addr = first.local_addr()?;
+            copies.push(first);
+            addr
+        } else {
+            // A socket without SO_REUSEPORT first: an address that another process holds (even
+            // with SO_REUSEPORT, say a second Gatehouse) fails here with "address in use", where
+            // joining its group would silently split the traffic.
+            drop(bind(addr)?);
+            addr
         };
-        let copies = (0..workers)
-            .map(|_| bind_with(addr, true))
-            .collect::<io::Result<Vec<_>>>()?;
+        while copies.len() < workers {
+            copies.push(bind_with(addr, true)?);
+        }
         Ok(Bound { addr, copies })
     }
 

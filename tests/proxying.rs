@@ -573,3 +573,87 @@ async fn websocket_upgrades_are_proxied_both_ways() {
         Message::binary(vec![1u8, 2, 3])
     );
 }
+
+/// A backend that answers `data` then the trailer `grpc-status: 0`, declaring it in `Trailer`
+/// (HTTP/1.1 sends declared trailers only, RFC 9110 §6.6.2).
+fn trailing_handler() -> Handler {
+    Arc::new(|req: Request<hyper::body::Incoming>| {
+        Box::pin(async move {
+            drop(req.into_body().collect().await);
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", HeaderValue::from_static("0"));
+            let frames = vec![
+                Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"data"))),
+                Ok(Frame::trailers(trailers)),
+            ];
+            let body = StreamBody::new(futures_util::stream::iter(frames)).boxed();
+            Response::builder()
+                .header("trailer", "grpc-status")
+                .header("content-type", "application/grpc")
+                .body(body)
+                .unwrap()
+        })
+    })
+}
+
+/// Reads a response's data and its trailers.
+async fn data_and_trailers(
+    resp: Response<hyper::body::Incoming>,
+) -> (Bytes, Option<http::HeaderMap>) {
+    let c = within("the body and trailers", resp.into_body().collect())
+        .await
+        .expect("the body");
+    let trailers = c.trailers().cloned();
+    (c.to_bytes(), trailers)
+}
+
+#[tokio::test]
+async fn trailers_reach_an_h2_client_from_an_h2c_upstream() {
+    // gRPC: h2 from end to end, its status in the trailers.
+    let b = backend_h2c(trailing_handler()).await;
+    let gw = gateway(&one_route(&format!("\"{}\"", b.url()), "", "http2 = true")).await;
+    let tcp = tokio::net::TcpStream::connect(gw.http()).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = Request::post("http://app.example.com/api/pkg.Service/Method")
+        .header("te", "trailers")
+        .header("content-type", "application/grpc")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+        .unwrap();
+    let resp = within("the response", send.send_request(req))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (data, trailers) = data_and_trailers(resp).await;
+    assert_eq!(data, "data");
+    let trailers = trailers.expect("the trailers");
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+}
+
+#[tokio::test]
+async fn trailers_reach_an_http1_client_that_accepts_them() {
+    let b = backend_with(trailing_handler()).await;
+    let gw = gateway(&one_route(&format!("\"{}\"", b.url()), "", "")).await;
+    let tcp = tokio::net::TcpStream::connect(gw.http()).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = req("GET", "app.example.com", "/api/x")
+        .header("te", "trailers")
+        .body(empty())
+        .unwrap();
+    let resp = within("the response", send.send_request(req))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (data, trailers) = data_and_trailers(resp).await;
+    assert_eq!(data, "data");
+    let trailers = trailers.expect("the trailers");
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+}
