@@ -44,7 +44,8 @@ pub struct ConnInfo {
     pub sni: Option<Box<str>>,
     /// The peer's address as a header value, for `X-Forwarded-For` and `X-Real-IP`.
     pub peer_value: HeaderValue,
-    pub activity: Arc<Activity>,
+    /// In the connection's one allocation (a separate `Arc` was one more per connection).
+    pub activity: Activity,
     /// Counts this connection in `gatehouse_open_connections` from its first request (when its
     /// protocol is known) until it closes.
     pub gauge: std::sync::OnceLock<ConnGauge>,
@@ -101,11 +102,11 @@ impl Ctx<'_> {
 )]
 pub fn serve<'a>(
     req: Request<ReqBody>,
-    conn: &'a ConnInfo,
+    conn: &'a Arc<ConnInfo>,
     shared: &'a Shared,
 ) -> impl Future<Output = Result<Response<Body>, Infallible>> + 'a {
     async move {
-        let guard = ActivityGuard::begin(&conn.activity);
+        let guard = ActivityGuard::begin(conn);
         let started = Instant::now();
         conn.gauge.get_or_init(|| {
             let proto = if req.version() == Version::HTTP_2 {

@@ -145,19 +145,20 @@ enum Check {
 }
 
 /// Held for the life of one request (until its response body ends or is dropped).
-pub struct ActivityGuard(Arc<Activity>);
+pub struct ActivityGuard(Arc<ConnInfo>);
 
 impl ActivityGuard {
-    pub fn begin(a: &Arc<Activity>) -> ActivityGuard {
+    pub fn begin(conn: &Arc<ConnInfo>) -> ActivityGuard {
+        let a = &conn.activity;
         a.in_flight.fetch_add(1, Ordering::Relaxed);
         a.head_started.store(0, Ordering::Relaxed);
-        ActivityGuard(a.clone())
+        ActivityGuard(conn.clone())
     }
 }
 
 impl Drop for ActivityGuard {
     fn drop(&mut self) {
-        let a = &self.0;
+        let a = &self.0.activity;
         if a.watched.load(Ordering::Relaxed) {
             a.idle_since.store(a.now_ms(), Ordering::Relaxed);
         }
@@ -168,7 +169,7 @@ impl Drop for ActivityGuard {
 /// A stream that reports reads to its connection's [`Activity`].
 pub struct TrackedIo<T> {
     inner: T,
-    activity: Arc<Activity>,
+    conn: Arc<ConnInfo>,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
@@ -182,7 +183,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
         if let Poll::Ready(Ok(())) = r {
             let new = &buf.filled()[before..];
             if !new.is_empty() {
-                self.activity.on_read(new);
+                self.conn.activity.on_read(new);
             }
         }
         r
@@ -522,7 +523,17 @@ async fn handle_accept_error(e: io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-async fn serve_tcp(
+/// Written as a function returning an `async move` block, not as an `async fn`, which would
+/// keep its arguments twice in its state (see proxy::serve): this state is the connection
+/// task's, built and moved five times on its way into the task's cell (spawn, tracing,
+/// tracker), and at 368 bytes it made that cell 640 bytes, which mimalloc serves 128-aligned
+/// (tokio's alignment for it) only by over-allocating on its slow path; at 256 the cell is 512,
+/// a power of two, which it serves from its fast path (scenario 3 of bench/README.md).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn holds its arguments twice: see proxy::serve"
+)]
+fn serve_tcp(
     mut tcp: TcpStream,
     peer: SocketAddr,
     listen: Option<SocketAddr>,
@@ -530,35 +541,39 @@ async fn serve_tcp(
     ctx: Arc<ServerCtx>,
     permit: ConnPermit,
     lot: Option<crate::park::Lot>,
-) {
-    crate::metrics::connection_accepted(kind.label());
-    // The listener's address, unless it is a wildcard (one system call saved per connection).
-    let local = match listen {
-        Some(a) if !a.ip().is_unspecified() => a,
-        _ => tcp.local_addr().unwrap_or(peer),
-    };
-    let limits = Limits::read(&ctx, lot.is_some());
-    match kind {
-        ListenerKind::Http => {
-            // HTTP/2 with prior knowledge starts with the connection preface (RFC 9113 §3.4).
-            // Boxed, like the branches below: the connection task keeps only what it needs
-            // for its whole life (idle memory, scenario 5 of bench/README.md).
-            let Some((proto, read)) = Box::pin(first_read(&mut tcp, limits.header_read)).await
-            else {
-                return;
-            };
-            let h2 = proto == Proto::H2;
-            let conn = conn_info(peer, local, Tls::PLAIN, h2);
-            // Boxed: each branch allocates only its own state (the TLS one is several KiB).
-            let idle = Box::pin(serve_http(tcp, read, h2, conn.clone(), &ctx, limits)).await;
-            park(idle, conn, permit, lot.as_ref());
-        }
-        ListenerKind::Https => {
-            // Boxed whole, handshake and all: the task is built and moved five times on its way
-            // to the runtime (serve_tcp, tracing, tracker, task cell), at its full size, and
-            // this branch's state made that 1.2 KiB for every connection, plain ones included.
-            Box::pin(serve_tls(tcp, peer, local, ctx, limits)).await;
-            drop(permit);
+) -> impl Future<Output = ()> + Send {
+    async move {
+        crate::metrics::connection_accepted(kind.label());
+        // The listener's address, unless it is a wildcard (one system call saved per
+        // connection).
+        let local = match listen {
+            Some(a) if !a.ip().is_unspecified() => a,
+            _ => tcp.local_addr().unwrap_or(peer),
+        };
+        let limits = Limits::read(&ctx, lot.is_some());
+        match kind {
+            ListenerKind::Http => {
+                // HTTP/2 with prior knowledge starts with the connection preface (RFC 9113
+                // §3.4). Boxed, like the branches below: the connection task keeps only what it
+                // needs for its whole life (idle memory, scenario 5 of bench/README.md).
+                let Some((proto, read)) = Box::pin(first_read(&mut tcp, limits.header_read)).await
+                else {
+                    return;
+                };
+                let h2 = proto == Proto::H2;
+                let conn = conn_info(peer, local, Tls::PLAIN, h2);
+                // Boxed: each branch allocates only its own state (the TLS one is several KiB).
+                let idle = Box::pin(serve_http(tcp, read, h2, conn.clone(), &ctx, limits)).await;
+                park(idle, conn, permit, lot.as_ref());
+            }
+            ListenerKind::Https => {
+                // Boxed whole, handshake and all: the task is built and moved five times on its
+                // way to the runtime (serve_tcp, tracing, tracker, task cell), at its full size,
+                // and this branch's state made that 1.2 KiB for every connection, plain ones
+                // included.
+                Box::pin(serve_tls(tcp, peer, local, ctx, limits)).await;
+                drop(permit);
+            }
         }
     }
 }
@@ -657,7 +672,7 @@ fn conn_info(peer: SocketAddr, local: SocketAddr, tls: Tls, h2: bool) -> Arc<Con
         tls: tls.on,
         sni: tls.sni,
         peer_value: crate::headers::ip_value(peer.ip()),
-        activity: Arc::new(Activity::new(h2)),
+        activity: Activity::new(h2),
         gauge: Default::default(),
     })
 }
@@ -716,7 +731,7 @@ where
 {
     let tracked = TrackedIo {
         inner: stream,
-        activity: conn.activity.clone(),
+        conn: conn.clone(),
     };
     let Limits {
         idle,
