@@ -555,11 +555,10 @@ mod tests {
 
     #[test]
     fn request_head_writes_appended_fields_after_the_clients() {
-        static PEER: HeaderValue = HeaderValue::from_static("10.0.0.1");
         static HOST: HeaderValue = HeaderValue::from_static("app.example.com");
         let hop = crate::headers::Hop {
             peer: "10.0.0.1".parse().unwrap(),
-            peer_value: &PEER,
+            peer_text: "10.0.0.1",
             peer_trusted: false,
             client_ip: "10.0.0.1".parse().unwrap(),
             proto: "https",

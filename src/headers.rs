@@ -215,9 +215,9 @@ pub fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
 #[derive(Debug, Clone, Copy)]
 pub struct Hop<'a> {
     pub peer: IpAddr,
-    /// The peer's address as a header value, made once per connection (formatting an address
-    /// per request showed up in profiles).
-    pub peer_value: &'a HeaderValue,
+    /// The peer's address as text, written once per connection (formatting an address per
+    /// request showed up in profiles).
+    pub peer_text: &'a str,
     pub peer_trusted: bool,
     pub client_ip: IpAddr,
     /// `http` or `https`: the listener's scheme.
@@ -226,33 +226,51 @@ pub struct Hop<'a> {
     pub host: &'a HeaderValue,
 }
 
-/// An address as a header value.
-pub fn ip_value(ip: IpAddr) -> HeaderValue {
-    let value = match ip.to_canonical() {
-        // Written on the stack: the value is the one allocation (one per new connection).
-        IpAddr::V4(v4) => {
-            let mut buf = [0u8; 15];
-            let n = write_v4(&mut buf, v4);
-            HeaderValue::from_bytes(&buf[..n])
-        }
-        IpAddr::V6(v6) => HeaderValue::from_str(&v6.to_string()),
-    };
-    value.unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+/// An address as text, held inline: `X-Forwarded-For` and `X-Real-IP` are written from it, and
+/// a `HeaderValue` was an allocation per new connection. An IPv4-mapped IPv6 address is
+/// written as IPv4.
+#[derive(Clone, Copy)]
+pub struct IpText {
+    /// 39 bytes is the longest IPv6 text; 45 allows its IPv4-embedded forms.
+    buf: [u8; 45],
+    len: u8,
 }
 
-/// Writes an address as text. IPv4 by hand: `Display` goes through the formatting machinery,
-/// which was 1.3k instructions per new connection (callgrind, scenario 3 of bench/README.md).
-fn push_ip(buf: &mut String, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            let mut text = [0u8; 15];
-            let n = write_v4(&mut text, v4);
-            buf.push_str(std::str::from_utf8(&text[..n]).unwrap_or_default());
+impl IpText {
+    pub fn new(ip: IpAddr) -> IpText {
+        let mut text = IpText {
+            buf: [0; 45],
+            len: 0,
+        };
+        match ip.to_canonical() {
+            // IPv4 by hand: `Display` goes through the formatting machinery, which was 1.3k
+            // instructions per new connection (callgrind, scenario 3 of bench/README.md).
+            IpAddr::V4(v4) => {
+                let mut v4_text = [0u8; 15];
+                let n = write_v4(&mut v4_text, v4);
+                text.buf[..n].copy_from_slice(&v4_text[..n]);
+                text.len = n as u8;
+            }
+            IpAddr::V6(v6) => {
+                use std::io::Write as _;
+                let mut out = &mut text.buf[..];
+                if write!(out, "{v6}").is_ok() {
+                    text.len = (45 - out.len()) as u8;
+                }
+            }
         }
-        IpAddr::V6(v6) => {
-            use std::fmt::Write;
-            let _ = write!(buf, "{v6}");
-        }
+        text
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits, hex digits, `.` and `:` are written.
+        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or("unknown")
+    }
+}
+
+impl std::fmt::Debug for IpText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -299,10 +317,7 @@ pub fn set_forwarding_headers(headers: &mut HeaderMap, hop: &Hop<'_>, stripped: 
         if !chain.is_empty() {
             chain.push_str(", ");
         }
-        match hop.peer_value.to_str() {
-            Ok(formatted) => chain.push_str(formatted),
-            Err(_) => push_ip(&mut chain, peer),
-        }
+        chain.push_str(hop.peer_text);
         insert_str(headers, &X_FORWARDED_FOR, &chain);
         if !headers.contains_key(&X_FORWARDED_PROTO) {
             headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(hop.proto));
@@ -312,11 +327,9 @@ pub fn set_forwarding_headers(headers: &mut HeaderMap, hop: &Hop<'_>, stripped: 
         }
         if !headers.contains_key(&X_REAL_IP) {
             if hop.client_ip == peer {
-                headers.insert(&X_REAL_IP, hop.peer_value.clone());
+                insert_str(headers, &X_REAL_IP, hop.peer_text);
             } else {
-                let mut ip_buf = String::with_capacity(48);
-                push_ip(&mut ip_buf, hop.client_ip);
-                insert_str(headers, &X_REAL_IP, &ip_buf);
+                insert_str(headers, &X_REAL_IP, IpText::new(hop.client_ip).as_str());
             }
         }
         if let Some(prefix) = stripped {
@@ -349,7 +362,7 @@ pub fn untrusted_forwarding<'a>(
 ) -> Appended<'a> {
     remove_where(headers, is_forwarding);
     Appended {
-        peer: hop.peer_value,
+        peer: hop.peer_text,
         proto: hop.proto,
         host: hop.host,
         prefix: stripped.filter(|p| is_field_value(p.as_bytes())),
@@ -377,7 +390,7 @@ fn is_forwarding(name: &HeaderName) -> bool {
 /// [`untrusted_forwarding`]), borrowed from the connection and the request.
 #[derive(Debug, Clone, Copy)]
 pub struct Appended<'a> {
-    peer: &'a HeaderValue,
+    peer: &'a str,
     proto: &'static str,
     /// Empty when the client sent no Host (HTTP/1.0): then no `X-Forwarded-Host`.
     host: &'a HeaderValue,
@@ -402,9 +415,11 @@ impl Appended<'_> {
     /// Into a map that [`untrusted_forwarding`] cleared of them, for a request that goes out
     /// as `http` types (HTTP/2, upgrades) or whose route edits its fields.
     pub fn append_to(&self, headers: &mut HeaderMap) {
-        // The same fields as `each` (a test holds them to it), as shared values, not copies.
-        headers.append(&X_FORWARDED_FOR, self.peer.clone());
-        headers.append(&X_REAL_IP, self.peer.clone());
+        // The same fields as `each` (a test holds them to it).
+        if let Ok(peer) = HeaderValue::from_str(self.peer) {
+            headers.append(&X_FORWARDED_FOR, peer.clone());
+            headers.append(&X_REAL_IP, peer);
+        }
         headers.append(&X_FORWARDED_PROTO, HeaderValue::from_static(self.proto));
         if !self.host.is_empty() {
             headers.append(&X_FORWARDED_HOST, self.host.clone());
@@ -484,16 +499,18 @@ mod tests {
             "255.255.255.255",
             "::1",
             "2001:db8::8a2e:370:7334",
+            // The longest IPv6 text: 39 bytes.
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
         ] {
             let addr: IpAddr = text.parse().unwrap();
-            assert_eq!(ip_value(addr), text, "{text}");
+            assert_eq!(IpText::new(addr).as_str(), text, "{text}");
         }
     }
 
     #[test]
     fn an_ipv4_mapped_address_is_written_as_ipv4() {
         let mapped: IpAddr = "::ffff:10.0.0.7".parse().unwrap();
-        assert_eq!(ip_value(mapped), "10.0.0.7");
+        assert_eq!(IpText::new(mapped).as_str(), "10.0.0.7");
     }
 
     #[test]
@@ -642,7 +659,7 @@ mod tests {
     fn hop(peer: &str, trusted_peer: bool, client: &str) -> Hop<'static> {
         Hop {
             peer: ip(peer),
-            peer_value: Box::leak(Box::new(ip_value(ip(peer)))),
+            peer_text: Box::leak(Box::new(IpText::new(ip(peer)))).as_str(),
             peer_trusted: trusted_peer,
             client_ip: ip(client),
             proto: "http",

@@ -42,8 +42,8 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The TLS server name, lowercased, when the client sent one.
     pub sni: Option<Box<str>>,
-    /// The peer's address as a header value, for `X-Forwarded-For` and `X-Real-IP`.
-    pub peer_value: HeaderValue,
+    /// The peer's address as text, for `X-Forwarded-For` and `X-Real-IP`.
+    pub peer_text: crate::headers::IpText,
     /// In the connection's one allocation (a separate `Arc` was one more per connection).
     pub activity: Activity,
     /// Counts this connection in `gatehouse_open_connections` from its first request (when its
@@ -77,7 +77,7 @@ impl Ctx<'_> {
     pub fn hop(&self) -> Hop<'_> {
         Hop {
             peer: self.conn.peer.ip(),
-            peer_value: &self.conn.peer_value,
+            peer_text: self.conn.peer_text.as_str(),
             peer_trusted: self.peer_trusted,
             client_ip: self.client_ip,
             proto: self.conn.scheme(),

@@ -671,7 +671,7 @@ fn conn_info(peer: SocketAddr, local: SocketAddr, tls: Tls, h2: bool) -> Arc<Con
         local,
         tls: tls.on,
         sni: tls.sni,
-        peer_value: crate::headers::ip_value(peer.ip()),
+        peer_text: crate::headers::IpText::new(peer.ip()),
         activity: Activity::new(h2),
         gauge: Default::default(),
     })
