@@ -321,6 +321,7 @@ def interleaved(d, workers, fn, variants, tls_port=False):
     for res, r in zip(out, rounds):
         for name, rs in r.items():
             res[name]["rps_rounds"] = [x["rps"] for x in rs]
+            res[name]["cpu_rounds"] = [x.get("cpu_per_10k") for x in rs]
     return out
 
 
@@ -328,6 +329,17 @@ def paired_ratio(a, b, name):
     """The median over rounds of b's requests per second over a's in the same round (variants
     from `interleaved`): what a slow stretch of the machine moves, it moves for both."""
     return statistics.median(y / x for x, y in zip(a[name]["rps_rounds"], b[name]["rps_rounds"]) if x)
+
+
+def round_ratios(g, n, key):
+    """Gatehouse over nginx in each round (the two run back to back in every round, see
+    `interleaved`): their median and range. The table's ratio is of the two medians, each taken
+    on its own; when the machine's speed drifts from round to round (today: 37k to 50k requests
+    per second for the same binary), the paired figure is the steadier one."""
+    pairs = [x / y for x, y in zip(g.get(key) or [], n.get(key) or []) if x is not None and y]
+    if not pairs:
+        return None
+    return statistics.median(pairs), min(pairs), max(pairs)
 
 
 def combine(rs):
@@ -531,7 +543,21 @@ def render(rows, args):
         body.append(f"| | peak RSS (MiB) / errors | {g['peak_rss_mb']:.1f} / {g['errors']} | {n['peak_rss_mb']:.1f} / {n['errors']} | |")
         if note:
             body.append(f"| | | {note} | | |")
-    return "\n".join(head + body) + "\n"
+    paired = [
+        "",
+        "Round by round: Gatehouse / nginx within each round, the median of the rounds and their range.",
+        "",
+        "| scenario | requests/s | CPU per request |",
+        "|---|---:|---:|",
+    ]
+    for scenario, g, n, _ in rows:
+        cells = []
+        for key in ("rps_rounds", "cpu_rounds"):
+            r = round_ratios(g, n, key)
+            cells.append("-" if r is None else f"{r[0]:.2f} ({r[1]:.2f}–{r[2]:.2f})")
+        if cells != ["-", "-"]:
+            paired.append(f"| {scenario} | {cells[0]} | {cells[1]} |")
+    return "\n".join(head + body + paired) + "\n"
 
 
 if __name__ == "__main__":
