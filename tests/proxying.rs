@@ -596,15 +596,18 @@ fn trailing_handler() -> Handler {
     })
 }
 
-/// Reads a response's data and its trailers.
-async fn data_and_trailers(
-    resp: Response<hyper::body::Incoming>,
-) -> (Bytes, Option<http::HeaderMap>) {
+/// Sends `req` and checks the answer: 200, the body `data`, the trailer `grpc-status: 0`.
+async fn expect_data_and_trailers(
+    send: impl std::future::Future<Output = hyper::Result<Response<hyper::body::Incoming>>>,
+) {
+    let resp = within("the response", send).await.unwrap();
+    assert_eq!(resp.status(), 200);
     let c = within("the body and trailers", resp.into_body().collect())
         .await
         .expect("the body");
-    let trailers = c.trailers().cloned();
-    (c.to_bytes(), trailers)
+    let trailers = c.trailers().cloned().expect("the trailers");
+    assert_eq!(c.to_bytes(), "data");
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
 }
 
 #[tokio::test]
@@ -625,14 +628,7 @@ async fn trailers_reach_an_h2_client_from_an_h2c_upstream() {
         .header("content-type", "application/grpc")
         .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
         .unwrap();
-    let resp = within("the response", send.send_request(req))
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let (data, trailers) = data_and_trailers(resp).await;
-    assert_eq!(data, "data");
-    let trailers = trailers.expect("the trailers");
-    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+    expect_data_and_trailers(send.send_request(req)).await;
 }
 
 #[tokio::test]
@@ -648,12 +644,5 @@ async fn trailers_reach_an_http1_client_that_accepts_them() {
         .header("te", "trailers")
         .body(empty())
         .unwrap();
-    let resp = within("the response", send.send_request(req))
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let (data, trailers) = data_and_trailers(resp).await;
-    assert_eq!(data, "data");
-    let trailers = trailers.expect("the trailers");
-    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+    expect_data_and_trailers(send.send_request(req)).await;
 }
