@@ -92,8 +92,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> HopInfo {
 }
 
 /// As [`strip_hop_by_hop`], for an app route's response: `Trailer` stays. RFC 9110 §6.6.2 makes
-/// it end to end (only RFC 2616 listed it as hop-by-hop), and an HTTP/1.1 client that reads
-/// trailers with hyper or curl drops the ones a response did not declare in it.
+/// it end to end (only RFC 2616 listed it as hop-by-hop), and hyper, when it serves an
+/// HTTP/1.1 client connection (`server::serve_http`), sends only the trailer fields a response
+/// declares in it.
 pub fn strip_hop_by_hop_keep_trailer(headers: &mut HeaderMap) -> HopInfo {
     strip(headers, true)
 }

@@ -527,7 +527,7 @@ async fn handle_accept_error(e: io::Error) {
 /// keep its arguments twice in its state (see proxy::serve): this state is the connection
 /// task's, built and moved five times on its way into the task's cell (spawn, tracing,
 /// tracker), and at 368 bytes it made that cell 640 bytes, which mimalloc serves 128-aligned
-/// (tokio's alignment for it) only by over-allocating on its slow path; at 256 the cell is 512,
+/// (tokio's alignment for it) only by over-allocating on its slow path; at 248 the cell is 512,
 /// a power of two, which it serves from its fast path (scenario 3 of bench/README.md).
 #[expect(
     clippy::manual_async_fn,
