@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from free_ports import free_port  # bench/free_ports.py, beside this script
+
 ROOT = Path(__file__).resolve().parent.parent
 REL = ROOT / "target" / "release"
 # The Gatehouse binary measured: the PGO build (scripts/pgo-build.sh), as shipped for production,
@@ -34,18 +36,7 @@ def pick_ports(preferred):
     would take them between rounds."""
     chosen = []
     for want in preferred:
-        for port in range(want, want + 2000):
-            if port in chosen:
-                continue
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            chosen.append(port)
-            break
-        else:
-            sys.exit(f"no free loopback port from {want} up")
+        chosen.append(free_port(want, chosen, want + 2000))
     return chosen
 
 
@@ -325,18 +316,23 @@ def interleaved(d, workers, fn, variants, tls_port=False):
     return out
 
 
+def per_round(top, bottom, key):
+    """`top`'s figure over `bottom`'s, round by round (the two run back to back in every round,
+    see `interleaved`): what a slow stretch of the machine moves, it moves for both. A median of
+    these is steadier than the ratio of two medians taken each on its own when the machine's
+    speed drifts from round to round (37k to 50k requests per second for the same binary, one
+    day)."""
+    return [x / y for x, y in zip(top.get(key) or [], bottom.get(key) or []) if x is not None and y]
+
+
 def paired_ratio(a, b, name):
-    """The median over rounds of b's requests per second over a's in the same round (variants
-    from `interleaved`): what a slow stretch of the machine moves, it moves for both."""
-    return statistics.median(y / x for x, y in zip(a[name]["rps_rounds"], b[name]["rps_rounds"]) if x)
+    """The median over rounds of b's requests per second over a's (variants from `interleaved`)."""
+    return statistics.median(per_round(b[name], a[name], "rps_rounds"))
 
 
 def round_ratios(g, n, key):
-    """Gatehouse over nginx in each round (the two run back to back in every round, see
-    `interleaved`): their median and range. The table's ratio is of the two medians, each taken
-    on its own; when the machine's speed drifts from round to round (today: 37k to 50k requests
-    per second for the same binary), the paired figure is the steadier one."""
-    pairs = [x / y for x, y in zip(g.get(key) or [], n.get(key) or []) if x is not None and y]
+    """Gatehouse over nginx round by round: the median and the range, or None."""
+    pairs = per_round(g, n, key)
     if not pairs:
         return None
     return statistics.median(pairs), min(pairs), max(pairs)

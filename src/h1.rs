@@ -138,10 +138,14 @@ pub fn chunk_header(len: usize) -> Bytes {
     Bytes::from(format!("{len:x}\r\n"))
 }
 
-/// Ends a chunked body, with trailer fields if there are any (RFC 9112 §7.1.2).
+/// Ends a chunked body, with trailer fields if there are any (RFC 9112 §7.1.2); without any,
+/// the fixed five bytes (no allocation).
 pub fn last_chunk(trailers: Option<&HeaderMap>) -> Bytes {
+    let Some(trailers) = trailers.filter(|t| !t.is_empty()) else {
+        return Bytes::from_static(b"0\r\n\r\n");
+    };
     let mut out = b"0\r\n".to_vec();
-    for (name, value) in trailers.into_iter().flatten() {
+    for (name, value) in trailers {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());

@@ -677,10 +677,7 @@ fn write_response<T: AsyncWrite + Transport + Unpin>(
                 return Err(length_mismatch());
             }
             if end && chunked {
-                pieces.push(match &trailers {
-                    None => Bytes::from_static(b"0\r\n\r\n"),
-                    Some(t) => crate::h1::last_chunk(Some(t)),
-                });
+                pieces.push(crate::h1::last_chunk(trailers.as_ref()));
             }
             let mut bufs: Vec<IoSlice<'_>> = Vec::with_capacity(pieces.len() + 1);
             bufs.push(IoSlice::new(&out));

@@ -232,31 +232,28 @@ pub struct Hop<'a> {
 /// written as IPv4.
 #[derive(Clone, Copy)]
 pub struct IpText {
-    /// 39 bytes is the longest IPv6 text; 45 allows its IPv4-embedded forms.
-    buf: [u8; 45],
+    buf: [u8; IP_TEXT_MAX],
     len: u8,
 }
+
+/// 39 bytes is the longest IPv6 text; 45 allows its IPv4-embedded forms.
+const IP_TEXT_MAX: usize = 45;
 
 impl IpText {
     pub fn new(ip: IpAddr) -> IpText {
         let mut text = IpText {
-            buf: [0; 45],
+            buf: [0; IP_TEXT_MAX],
             len: 0,
         };
         match ip.to_canonical() {
             // IPv4 by hand: `Display` goes through the formatting machinery, which was 1.3k
             // instructions per new connection (callgrind, scenario 3 of bench/README.md).
-            IpAddr::V4(v4) => {
-                let mut v4_text = [0u8; 15];
-                let n = write_v4(&mut v4_text, v4);
-                text.buf[..n].copy_from_slice(&v4_text[..n]);
-                text.len = n as u8;
-            }
+            IpAddr::V4(v4) => text.len = write_v4(&mut text.buf, v4) as u8,
             IpAddr::V6(v6) => {
                 use std::io::Write as _;
                 let mut out = &mut text.buf[..];
                 if write!(out, "{v6}").is_ok() {
-                    text.len = (45 - out.len()) as u8;
+                    text.len = (IP_TEXT_MAX - out.len()) as u8;
                 }
             }
         }
@@ -275,8 +272,8 @@ impl std::fmt::Debug for IpText {
     }
 }
 
-/// Dotted-decimal IPv4 into `buf` (15 bytes at most); returns the length.
-fn write_v4(buf: &mut [u8; 15], ip: std::net::Ipv4Addr) -> usize {
+/// Dotted-decimal IPv4 into the start of `buf` (15 bytes at most); returns the length.
+fn write_v4(buf: &mut [u8; IP_TEXT_MAX], ip: std::net::Ipv4Addr) -> usize {
     let mut n = 0;
     for (i, octet) in ip.octets().into_iter().enumerate() {
         if i > 0 {
