@@ -563,7 +563,7 @@ fn serve_tcp(
                 let h2 = proto == Proto::H2;
                 let conn = conn_info(peer, local, Tls::PLAIN, h2);
                 // Boxed: each branch allocates only its own state (the TLS one is several KiB).
-                let idle = Box::pin(serve_http(tcp, read, h2, conn.clone(), &ctx, limits)).await;
+                let idle = serve_http(tcp, read, h2, conn.clone(), &ctx, limits).await;
                 park(idle, conn, permit, lot.as_ref());
             }
             ListenerKind::Https => {
@@ -614,14 +614,7 @@ async fn serve_tls(
         };
         let conn = conn_info(peer, local, tls, accepted.h2);
         let read = BytesMut::new();
-        Box::pin(serve_http(
-            accepted.stream,
-            read,
-            accepted.h2,
-            conn,
-            &ctx,
-            limits,
-        ))
+        serve_http(accepted.stream, read, accepted.h2, conn, &ctx, limits)
     };
     serve.await;
 }
@@ -637,11 +630,9 @@ pub(crate) async fn resume(parked: Parked, ctx: Arc<ServerCtx>, lot: Option<crat
         let _ = conn.gauge.set(g);
     }
     let limits = Limits::read(&ctx, lot.is_some());
-    let idle = Box::pin(
-        serve_http(tcp, BytesMut::new(), false, conn.clone(), &ctx, limits)
-            .instrument(tracing::debug_span!("conn", %peer, resumed = true)),
-    )
-    .await;
+    let idle = serve_http(tcp, BytesMut::new(), false, conn.clone(), &ctx, limits)
+        .instrument(tracing::debug_span!("conn", %peer, resumed = true))
+        .await;
     park(idle, conn, permit, lot.as_ref());
 }
 
@@ -650,7 +641,7 @@ pub(crate) async fn resume(parked: Parked, ctx: Arc<ServerCtx>, lot: Option<crat
 /// resume). Were that still shared (it never is between requests), the connection is closed
 /// instead, as an idle keep-alive connection may be. Anything else just closes.
 fn park(
-    idle: Option<(TcpStream, tokio::time::Instant)>,
+    idle: Idle<TcpStream>,
     conn: Arc<ConnInfo>,
     permit: ConnPermit,
     lot: Option<&crate::park::Lot>,
@@ -715,24 +706,75 @@ impl Tls {
     };
 }
 
+/// How serving a connection ended: its stream, left idle long enough to be parked, with its idle
+/// deadline; or nothing (closed, or not to be parked).
+type Idle<T> = Option<(T, tokio::time::Instant)>;
+
 /// Serves HTTP/1.1 or HTTP/2 on an established stream (plain TCP or TLS alike), `read` being
-/// bytes read from it already. Returns the
-/// stream when it has been idle long enough to be parked, with its idle deadline.
-async fn serve_http<T>(
+/// bytes read from it already. Returns the stream when it has been idle long enough to be
+/// parked, with its idle deadline.
+///
+/// Each protocol's state is an allocation of its own: one future for both would be the size of
+/// the larger, the HTTP/1.1 fast path's (3 KiB over TLS), for every HTTP/2 connection too, held
+/// for its whole life (massif, idle TLS connections in bench/README.md).
+fn serve_http<'a, T>(
     stream: T,
     read: BytesMut,
     h2: bool,
     conn: Arc<ConnInfo>,
-    ctx: &ServerCtx,
+    ctx: &'a ServerCtx,
     limits: Limits,
-) -> Option<(T, tokio::time::Instant)>
+) -> Pin<Box<dyn Future<Output = Idle<T>> + Send + 'a>>
 where
-    T: AsyncRead + AsyncWrite + crate::h1_server::Transport + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + crate::h1_server::Transport + Unpin + Send + Sync + 'static,
 {
     let tracked = TrackedIo {
         inner: stream,
         conn: conn.clone(),
     };
+    if h2 {
+        let served = serve_h2(tracked, read, conn, ctx, limits);
+        Box::pin(async move {
+            served.await;
+            None
+        })
+    } else {
+        Box::pin(serve_h1(tracked, read, conn, ctx, limits))
+    }
+}
+
+/// HTTP/2: hyper's connection, boxed, is built before the future, which holds only it: built
+/// inside, the stream's slot (it is moved into hyper's connection) would stay in the future.
+fn serve_h2<'a, T>(
+    tracked: TrackedIo<T>,
+    read: BytesMut,
+    conn: Arc<ConnInfo>,
+    ctx: &'a ServerCtx,
+    limits: Limits,
+) -> impl Future<Output = ()> + Send + 'a
+where
+    T: AsyncRead + AsyncWrite + crate::h1_server::Transport + Unpin + Send + 'static,
+{
+    crate::h1_server::Transport::set_nodelay(&tracked);
+    let io = crate::h1_server::Prefixed::new(read.freeze(), tracked);
+    let http = Box::pin(
+        h2_builder(limits.max_header)
+            .serve_connection(TokioIo::new(io), service(conn.clone(), ctx.shared.clone())),
+    );
+    async move { run(http, &conn, ctx, limits.idle, limits.header_read).await }
+}
+
+/// HTTP/1.1: our own path first; hyper from the first request it does not take.
+async fn serve_h1<T>(
+    tracked: TrackedIo<T>,
+    read: BytesMut,
+    conn: Arc<ConnInfo>,
+    ctx: &ServerCtx,
+    limits: Limits,
+) -> Idle<T>
+where
+    T: AsyncRead + AsyncWrite + crate::h1_server::Transport + Unpin + Send + 'static,
+{
     let Limits {
         idle,
         header_read,
@@ -743,20 +785,8 @@ where
     // hyper's connection state is boxed, as the fast path's busy state is: what this function
     // holds while an HTTP/1.1 connection waits for its next request is all an idle connection
     // costs (scenario 5 of bench/README.md).
-    // (Each hyper connection is built inside a block: a local that lived on across the await,
+    // (The hyper connection is built inside a block: a local that lived on across the await,
     // although moved out, would keep its slot in this future.)
-    if h2 {
-        crate::h1_server::Transport::set_nodelay(&tracked);
-        let served = {
-            let io = crate::h1_server::Prefixed::new(read.freeze(), tracked);
-            let http = h2_builder(max_header)
-                .serve_connection(TokioIo::new(io), service(conn.clone(), ctx.shared.clone()));
-            Box::pin(run(Box::pin(http), &conn, ctx, idle, header_read))
-        };
-        served.await;
-        return None;
-    }
-    // HTTP/1.1: our own path first; hyper from the first request it does not take.
     let fast = crate::h1_server::Limits {
         idle,
         header_read,
