@@ -562,7 +562,8 @@ fn serve_tcp(
                 };
                 let h2 = proto == Proto::H2;
                 let conn = conn_info(peer, local, Tls::PLAIN, h2);
-                // Boxed: each branch allocates only its own state (the TLS one is several KiB).
+                // Boxed inside serve_http, as the TLS branch is here: each branch allocates only
+                // its own state (the TLS one is several KiB).
                 let idle = serve_http(tcp, read, h2, conn.clone(), &ctx, limits).await;
                 park(idle, conn, permit, lot.as_ref());
             }
@@ -716,7 +717,8 @@ type Idle<T> = Option<(T, tokio::time::Instant)>;
 ///
 /// Each protocol's state is an allocation of its own: one future for both would be the size of
 /// the larger, the HTTP/1.1 fast path's (3 KiB over TLS), for every HTTP/2 connection too, held
-/// for its whole life (massif, idle TLS connections in bench/README.md).
+/// for its whole life (massif, idle TLS connections in bench/README.md). `T: Sync` because the
+/// HTTP/1.1 path holds a reference to its stream across awaits and the boxed future is `Send`.
 fn serve_http<'a, T>(
     stream: T,
     read: BytesMut,
