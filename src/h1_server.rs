@@ -100,9 +100,19 @@ impl Transport for TcpStream {
 }
 
 impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
-    /// rustls may hold decrypted bytes already: read at once (TLS keeps its own buffers).
-    fn poll_readable(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    /// Decrypted bytes that rustls holds already will never show on the socket: then at once.
+    /// Otherwise when the socket has bytes, which may be a TLS record without application data
+    /// or part of one: the read then finds nothing, a wake-up with nothing to read, which the
+    /// busy state handles (see [`Burst::Idle`]). Waiting on the socket, rather than reading at
+    /// once, lets an idle TLS connection wait in the idle state, without the busy state's
+    /// 1.9 KiB (massif, bench/README.md).
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let (tcp, session) = self.get_ref();
+        if session.wants_read() {
+            tcp.poll_read_ready(cx)
+        } else {
+            Poll::Ready(Ok(()))
+        }
     }
     /// Set when the connection was accepted (the handshake takes several flights).
     fn set_nodelay(&self) {}
@@ -224,7 +234,7 @@ enum Burst {
     ///
     /// A busy spell also ends this way when it woke with nothing to read and its timer ran
     /// out: readiness can be reported with nothing to read (a read that filled its buffer
-    /// leaves tokio believing the socket readable, and a TLS stream is always "readable"); the
+    /// leaves tokio believing the socket readable, and a TLS record may carry no request); the
     /// idle state then decides from the times (park, close, or wait on) as if it had not woken.
     Idle {
         since: Option<Instant>,
@@ -280,7 +290,8 @@ where
         let mut waiting_since = since;
         loop {
             // Read until a whole head is buffered: the idle timer until its first byte (a TLS
-            // stream is always "readable", so the wait for the first byte may be here), then
+            // stream can say "readable" with no request to read, so the wait for the first
+            // byte may be here), then
             // header_read_timeout from the first time the head is seen incomplete (a slowloris
             // client is closed, an idle one is not). A head that arrives whole, the common case,
             // costs no timer change.

@@ -447,9 +447,9 @@ async fn a_connection_that_came_back_is_closed_at_idle_timeout_too() {
 
 #[tokio::test]
 async fn a_tls_connection_that_came_back_is_closed_at_idle_timeout_too() {
-    // A TLS stream always reports itself readable, and is not parked: its wait in the busy
-    // state ends in a read that times out, and the idle state must not take that for the idle
-    // timeout.
+    // A TLS connection is not parked, and its socket may be readable with no request to read
+    // (a record without application data): a wait in the busy state can end in a read that
+    // times out, and the idle state must not take that for the idle timeout.
     let b = backend("b").await;
     let gw = gateway(&format!(
         r#"

@@ -615,3 +615,57 @@ async fn session_resumption_survives_a_reload() {
         Some(rustls::HandshakeKind::Resumed)
     );
 }
+
+/// Reads one HTTP/1.1 response with a `Content-Length` body off a raw stream: its head and body.
+async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> (String, String) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "closed mid-head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .expect("a Content-Length");
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.unwrap();
+    (head, String::from_utf8(body).unwrap())
+}
+
+#[tokio::test]
+async fn an_idle_tls_keep_alive_connection_serves_a_request_that_comes_in_pieces() {
+    use tokio::io::AsyncWriteExt;
+    let t = three_domains(true).await;
+    let mut s = tls_connect(
+        t.gw.https(),
+        t.ca.client_config(&[b"http/1.1"]),
+        Some("a.test"),
+    )
+    .await
+    .unwrap();
+    within("two requests on one TLS connection", async {
+        s.write_all(b"GET /one HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, body) = read_response(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body, "app");
+        // The connection now waits for its next request on the socket. The next head comes in
+        // three TLS records (each flush is one): the first wakes it with part of a head.
+        for piece in [&b"GET /tw"[..], b"o HTTP/1.1\r\nHo", b"st: a.test\r\n\r\n"] {
+            s.write_all(piece).await.unwrap();
+            s.flush().await.unwrap();
+        }
+        let (head, body) = read_response(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body, "app");
+    })
+    .await;
+    assert_eq!(t.backend.last().uri, "/two");
+}
