@@ -436,15 +436,20 @@ def main():
                 extra = [tls_alpn, f"{d}/cert.pem"] if tls_alpn else []
 
                 def run(p, port, _name):
+                    def hold(count):
+                        """bench_idle holding `count` connections until its stdin closes."""
+                        return subprocess.Popen([str(REL / "examples" / "bench_idle"), f"127.0.0.1:{port}", str(count), HOST, *extra],
+                                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
                     # Warm up first (a few connections, opened and closed), so the figure is the
                     # cost of a connection and not the proxy's one-time set-up on its first ones.
-                    warm = subprocess.Popen([str(REL / "examples" / "bench_idle"), f"127.0.0.1:{port}", "200", HOST, *extra], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                    warm = hold(200)
                     warm.stdout.readline()
                     warm.stdin.close()
                     warm.wait()
                     time.sleep(1)
                     before = p.mem("VmRSS")
-                    held = subprocess.Popen([str(REL / "examples" / "bench_idle"), f"127.0.0.1:{port}", str(n), HOST, *extra], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                    held = hold(n)
                     status = held.stdout.readline().split()
                     time.sleep(1)
                     after = p.mem("VmRSS")
@@ -456,7 +461,7 @@ def main():
                 return run
 
             for name, n, kw in [("5. 10,000 idle keep-alive connections", 10000, {}),
-                                # What browsers hold open: TLS, mostly h2. 2,000, as a full
+                                # What browsers hold open: TLS, mostly h2. 2,000, as a
                                 # handshake each costs the client as much as the proxy.
                                 ("5b. 2,000 idle TLS connections, HTTP/1.1", 2000, {"tls_alpn": "http/1.1"}),
                                 ("5c. 2,000 idle TLS connections, h2 (one request each)", 2000, {"tls_alpn": "h2"})]:

@@ -33,7 +33,7 @@ fn main() {
         let cert = args
             .next()
             .expect("the proxy's certificate (PEM) after the ALPN");
-        (alpn, client_config(&cert))
+        (alpn.clone(), client_config(&cert, &alpn))
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -69,17 +69,20 @@ fn main() {
     });
 }
 
-fn client_config(cert: &str) -> Arc<rustls::ClientConfig> {
+/// One config for every connection: its session store is shared, so a connection resumes the
+/// session of one before it, as a returning browser's would.
+fn client_config(cert: &str, alpn: &str) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(cert).expect("a PEM certificate file") {
         roots.add(c.expect("a certificate")).expect("a usable root");
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("TLS versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
+    cfg.alpn_protocols = vec![alpn.as_bytes().to_vec()];
     Arc::new(cfg)
 }
 
@@ -95,11 +98,9 @@ async fn tls_one(
     alpn: &str,
     cfg: Arc<rustls::ClientConfig>,
 ) -> Result<Held, String> {
-    let mut cfg = (*cfg).clone();
-    cfg.alpn_protocols = vec![alpn.as_bytes().to_vec()];
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let name = ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
-    let mut s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    let mut s = tokio_rustls::TlsConnector::from(cfg)
         .connect(name, tcp)
         .await
         .map_err(|e| e.to_string())?;
