@@ -8,18 +8,22 @@
 //! The watcher watches the *parent folders* of the config file and of every file it references
 //! (certificates, keys, secret files, CA bundles), and of their symlink targets, because editors
 //! save by renaming a temporary file, `cp` truncates and rewrites, certbot and Kubernetes swap
-//! symlinks, and a watch on the file itself loses track in all three cases. Events are debounced
-//! ([`DEBOUNCE`]) into one check; the check reloads only when the content of a watched file
-//! actually changed (a SHA-256 per file), so noise in a shared folder costs a few reads and
-//! nothing else. A file caught half-written fails validation; its next write is a new event and
-//! is retried. If the watcher cannot be set up (inotify limits), the files are polled every
-//! second instead.
+//! symlinks, and a watch on the file itself loses track in all three cases. A folder holds other
+//! files too (an access log written on every request, an app's database), so only events that
+//! name one of our files, its symlink target, a watched folder itself or a Kubernetes `..data`
+//! swap go on ([`Concerned`]); the rest are dropped on the watcher's thread and never wake the
+//! runtime, which is the serving worker's when there is one worker. Events are debounced
+//! ([`DEBOUNCE`], at most [`MAX_DEBOUNCE`] after the first) into one check; the check reloads
+//! only when the content of a watched file actually changed (a SHA-256 per file). A file caught
+//! half-written fails validation; its next write is a new event and is retried. If the watcher
+//! cannot be set up (inotify limits), the files are polled every second instead.
 
-use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::Notify;
 
@@ -28,6 +32,10 @@ use crate::gateway::{Gateway, ReloadError, ReloadReport};
 
 /// Quiet time after the last file event before the files are checked.
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// The longest a burst of events delays the check: a file of ours rewritten without pause (a
+/// script's loop) is still checked, once per this interval.
+pub const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
 
 /// Reloads and reports the outcome. `trigger` names what asked (`watch`, `SIGHUP`, `admin`).
 pub async fn apply(gw: &Gateway, trigger: &'static str) -> Result<ReloadReport, ReloadError> {
@@ -71,6 +79,49 @@ fn folders(files: &[PathBuf]) -> BTreeSet<PathBuf> {
     out
 }
 
+/// The paths whose events can mean new content for the config: the files it reads as written in
+/// it and as their symlinks resolve, and the watched folders themselves (removed or moved).
+#[derive(Default)]
+struct Concerned {
+    paths: HashSet<PathBuf>,
+}
+
+impl Concerned {
+    fn of(files: &[PathBuf], folders: &BTreeSet<PathBuf>) -> Concerned {
+        let mut paths: HashSet<PathBuf> = folders.iter().cloned().collect();
+        for f in files {
+            paths.insert(f.clone());
+            if let Ok(real) = std::fs::canonicalize(f) {
+                paths.insert(real);
+            }
+        }
+        Concerned { paths }
+    }
+
+    /// Whether `event` may be about our files. An event without paths, or one that says events
+    /// were lost (the inotify queue overflowed), may be: it goes on.
+    fn wants(&self, event: &notify::Event) -> bool {
+        if !is_change(&event.kind) {
+            return false;
+        }
+        event.need_rescan()
+            || event.paths.is_empty()
+            || event
+                .paths
+                .iter()
+                .any(|p| self.paths.contains(p) || is_symlink_swap(p))
+    }
+}
+
+/// A Kubernetes ConfigMap or Secret volume updates by renaming a new `..data` symlink over the
+/// old one (`..data_tmp` → `..data`); our file is `name -> ..data/name`, and its own path sees no
+/// event. Every name of that scheme starts with `..`.
+fn is_symlink_swap(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(".."))
+}
+
 /// Whether an event can mean new content. Opening and reading a file (inotify's `IN_OPEN`,
 /// `IN_ACCESS`, `IN_CLOSE_NOWRITE`) cannot, and must not count: the watcher reads the files to
 /// fingerprint them, so counting reads would wake it forever (measured: a 10,000-site file was
@@ -90,9 +141,11 @@ fn is_change(kind: &notify::EventKind) -> bool {
 /// made after this returns is never missed. The watcher stops when the gateway shuts down.
 pub async fn spawn_watcher(gw: Arc<Gateway>) -> tokio::task::JoinHandle<()> {
     let wake = Arc::new(Notify::new());
-    let wake2 = wake.clone();
+    let concerned = Arc::new(ArcSwap::from_pointee(Concerned::default()));
+    let (wake2, concerned2) = (wake.clone(), concerned.clone());
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok_and(|e| is_change(&e.kind)) {
+        // An error (the watch itself failing) may have hidden a change: check.
+        if res.map_or(true, |e| concerned2.load().wants(&e)) {
             wake2.notify_one();
         }
     });
@@ -105,6 +158,7 @@ pub async fn spawn_watcher(gw: Arc<Gateway>) -> tokio::task::JoinHandle<()> {
             }
         },
         folders: BTreeSet::new(),
+        concerned,
     };
     w.update(&gw.shared.load().config.files);
     // Anything written between the load and the watches being in place is caught here.
@@ -115,6 +169,8 @@ pub async fn spawn_watcher(gw: Arc<Gateway>) -> tokio::task::JoinHandle<()> {
 struct Watch {
     watcher: Option<notify::RecommendedWatcher>,
     folders: BTreeSet<PathBuf>,
+    /// Shared with the watcher's callback, which filters events with it.
+    concerned: Arc<ArcSwap<Concerned>>,
 }
 
 impl Watch {
@@ -124,6 +180,8 @@ impl Watch {
             return;
         };
         let want = folders(files);
+        // Before the new watches: an event in a new folder must find its files concerned.
+        self.concerned.store(Arc::new(Concerned::of(files, &want)));
         for gone in self.folders.difference(&want).cloned().collect::<Vec<_>>() {
             let _ = w.unwatch(&gone);
             self.folders.remove(&gone);
@@ -159,10 +217,12 @@ async fn watch_loop(gw: Arc<Gateway>, mut w: Watch, wake: Arc<Notify>) {
             _ = shutdown.changed() => return,
         }
         // Let the burst of events (an editor's save, certbot's renewal) end.
+        let latest = tokio::time::Instant::now() + MAX_DEBOUNCE;
         loop {
             tokio::select! {
                 _ = wake.notified() => continue,
                 _ = tokio::time::sleep(DEBOUNCE) => break,
+                _ = tokio::time::sleep_until(latest) => break,
                 _ = shutdown.changed() => return,
             }
         }
@@ -184,11 +244,78 @@ async fn watch_loop(gw: Arc<Gateway>, mut w: Watch, wake: Arc<Notify>) {
 
 #[cfg(test)]
 mod tests {
-    use super::is_change;
-    use notify::EventKind;
+    use super::{Concerned, is_change};
     use notify::event::{
-        AccessKind, AccessMode, CreateKind, DataChange, ModifyKind, RemoveKind, RenameMode,
+        AccessKind, AccessMode, CreateKind, DataChange, Flag, ModifyKind, RemoveKind, RenameMode,
     };
+    use notify::{Event, EventKind};
+    use std::collections::BTreeSet;
+    use std::path::PathBuf;
+
+    /// The config `/srv/gh/gatehouse.toml` and a certificate `/srv/certs/a.crt` (neither exists,
+    /// so no symlink resolves), watched in their two folders.
+    fn concerned() -> Concerned {
+        let files = [
+            PathBuf::from("/srv/gh/gatehouse.toml"),
+            PathBuf::from("/srv/certs/a.crt"),
+        ];
+        let folders: BTreeSet<PathBuf> = ["/srv/gh", "/srv/certs"].map(PathBuf::from).into();
+        Concerned::of(&files, &folders)
+    }
+
+    fn written(path: &str) -> Event {
+        Event::new(EventKind::Modify(ModifyKind::Data(DataChange::Any))).add_path(path.into())
+    }
+
+    #[test]
+    fn a_write_to_a_file_of_ours_is_wanted() {
+        assert!(concerned().wants(&written("/srv/gh/gatehouse.toml")));
+        assert!(concerned().wants(&written("/srv/certs/a.crt")));
+    }
+
+    #[test]
+    fn a_write_to_another_file_in_a_watched_folder_is_not() {
+        // The access log next to the config: written on every request.
+        assert!(!concerned().wants(&written("/srv/gh/access.log")));
+        assert!(!concerned().wants(&written("/srv/gh/.gatehouse.toml.swp")));
+    }
+
+    #[test]
+    fn a_rename_onto_a_file_of_ours_is_wanted() {
+        let e = Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::Both)))
+            .add_path("/srv/gh/.gatehouse.toml.swp".into())
+            .add_path("/srv/gh/gatehouse.toml".into());
+        assert!(concerned().wants(&e));
+    }
+
+    #[test]
+    fn a_kubernetes_data_symlink_swap_is_wanted() {
+        let e = Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::To)))
+            .add_path("/srv/gh/..data".into());
+        assert!(concerned().wants(&e));
+    }
+
+    #[test]
+    fn a_watched_folder_removed_is_wanted() {
+        let e = Event::new(EventKind::Remove(RemoveKind::Folder)).add_path("/srv/certs".into());
+        assert!(concerned().wants(&e));
+    }
+
+    #[test]
+    fn an_event_that_names_no_file_or_reports_lost_events_is_wanted() {
+        assert!(concerned().wants(&Event::new(EventKind::Any)));
+        let lost = Event::new(EventKind::Other)
+            .add_path("/srv/gh/other".into())
+            .set_flag(Flag::Rescan);
+        assert!(concerned().wants(&lost));
+    }
+
+    #[test]
+    fn reading_a_file_of_ours_is_not_wanted() {
+        let e = Event::new(EventKind::Access(AccessKind::Close(AccessMode::Read)))
+            .add_path("/srv/gh/gatehouse.toml".into());
+        assert!(!concerned().wants(&e));
+    }
 
     #[test]
     fn opening_or_reading_a_file_is_not_a_change() {

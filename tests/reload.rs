@@ -124,6 +124,82 @@ async fn a_configmap_style_symlink_swap_is_seen() {
 }
 
 #[tokio::test]
+async fn an_edit_is_seen_while_another_file_in_the_folder_is_written_all_the_time() {
+    // The access log kept next to the config, written on every request: its writes must not
+    // hold the reload back (a debounce restarted by every event never ended).
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let toml = |body: &str| {
+        format!(
+            "[log]\naccess_log = \"{}\"\n{}",
+            log.display(),
+            versioned(body, false)
+        )
+    };
+    let gw = gateway_in(dir, &toml("one"), &[]).await;
+    gatehouse::reload::spawn_watcher(gw.gw.clone()).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let load = tokio::spawn({
+        let (stop, served, addr) = (stop.clone(), served.clone(), gw.http());
+        async move {
+            while !stop.load(Ordering::Relaxed) {
+                get(addr, "app.test", "/").await;
+                served.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    // The log is being written before the edit.
+    within("the access log to grow", async {
+        while std::fs::metadata(&log).map_or(0, |m| m.len()) == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let mut rx = gw.gw.subscribe_generation();
+    let t = Instant::now();
+    std::fs::write(&gw.path, toml("two")).unwrap();
+    next_generation(&gw, &mut rx, t, Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    assert!(served.load(Ordering::Relaxed) > 0);
+    assert_eq!(get(gw.http(), "app.test", "/").await.text(), "two");
+}
+
+#[tokio::test]
+async fn a_config_rewritten_without_pause_is_still_applied() {
+    // A script that rewrites the file in a loop: the debounce waits for a quiet moment that
+    // never comes, so it gives up waiting after MAX_DEBOUNCE and checks anyway.
+    let gw = watched(&versioned("one", false)).await;
+    let mut rx = gw.gw.subscribe_generation();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = std::thread::spawn({
+        let (stop, path, tmp) = (stop.clone(), gw.path.clone(), gw.file("next.tmp"));
+        move || {
+            let mut writes = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                // Whole files only (write, then rename over): every check reads a valid one.
+                std::fs::write(&tmp, versioned("two", false)).unwrap();
+                std::fs::rename(&tmp, &path).unwrap();
+                writes += 1;
+            }
+            writes
+        }
+    });
+    let t = Instant::now();
+    next_generation(
+        &gw,
+        &mut rx,
+        t,
+        gatehouse::reload::MAX_DEBOUNCE + Duration::from_secs(1),
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    assert!(writer.join().unwrap() > 1);
+    assert_eq!(get(gw.http(), "app.test", "/").await.text(), "two");
+}
+
+#[tokio::test]
 async fn post_reload_applies_and_reports_the_outcome() {
     let gw = gateway(&versioned("one", true)).await;
     let admin = gw.gw.admin_addr().unwrap();
