@@ -88,12 +88,17 @@ struct Concerned {
 
 impl Concerned {
     fn of(files: &[PathBuf], folders: &BTreeSet<PathBuf>) -> Concerned {
-        let mut paths: HashSet<PathBuf> = folders.iter().cloned().collect();
+        // notify reports a relative watch's events under the working folder: `-c gatehouse.toml`
+        // watches `""`, and its events name `/cwd/gatehouse.toml`.
+        let cwd = std::env::current_dir().ok();
+        let absolute = |p: &PathBuf| cwd.as_ref().map(|d| d.join(p));
+        let mut paths = HashSet::new();
+        for dir in folders {
+            paths.extend([Some(dir.clone()), absolute(dir)].into_iter().flatten());
+        }
         for f in files {
-            paths.insert(f.clone());
-            if let Ok(real) = std::fs::canonicalize(f) {
-                paths.insert(real);
-            }
+            let real = std::fs::canonicalize(f).ok();
+            paths.extend([Some(f.clone()), absolute(f), real].into_iter().flatten());
         }
         Concerned { paths }
     }
@@ -286,6 +291,19 @@ mod tests {
             .add_path("/srv/gh/.gatehouse.toml.swp".into())
             .add_path("/srv/gh/gatehouse.toml".into());
         assert!(concerned().wants(&e));
+    }
+
+    #[test]
+    fn a_relative_config_path_matches_events_under_the_working_folder() {
+        let files = [PathBuf::from("gatehouse.toml")];
+        let folders: BTreeSet<PathBuf> = [PathBuf::from("")].into();
+        let c = Concerned::of(&files, &folders);
+        let cwd = std::env::current_dir().unwrap();
+        let event = |p: PathBuf| {
+            Event::new(EventKind::Modify(ModifyKind::Data(DataChange::Any))).add_path(p)
+        };
+        assert!(c.wants(&event(cwd.join("gatehouse.toml"))));
+        assert!(!c.wants(&event(cwd.join("access.log"))));
     }
 
     #[test]
