@@ -100,11 +100,15 @@ async fn route(
                 metrics.render()
             })
             .await;
-            let Ok(rendered) = rendered else {
-                return text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "metrics rendering failed\n",
-                );
+            let rendered = match rendered {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "GET /metrics: rendering failed");
+                    return text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "metrics rendering failed\n",
+                    );
+                }
             };
             let mut r = text(StatusCode::OK, rendered);
             r.headers_mut().insert(

@@ -63,22 +63,6 @@ pub async fn apply(gw: &Gateway, trigger: &'static str) -> Result<ReloadReport, 
     result
 }
 
-/// Folders to watch for `files`: each file's folder, and the folder of its symlink target.
-fn folders(files: &[PathBuf]) -> BTreeSet<PathBuf> {
-    let mut out = BTreeSet::new();
-    for f in files {
-        if let Some(parent) = f.parent() {
-            out.insert(parent.to_path_buf());
-        }
-        if let Ok(real) = std::fs::canonicalize(f) {
-            if let Some(parent) = real.parent() {
-                out.insert(parent.to_path_buf());
-            }
-        }
-    }
-    out
-}
-
 /// The paths whose events can mean new content for the config: the files it reads as written in
 /// it and as their symlinks resolve, and the watched folders themselves (removed or moved).
 #[derive(Default)]
@@ -87,20 +71,28 @@ struct Concerned {
 }
 
 impl Concerned {
-    fn of(files: &[PathBuf], folders: &BTreeSet<PathBuf>) -> Concerned {
+    /// The folders to watch for `files` (each file's, and its symlink target's) and the paths
+    /// whose events concern them, each file resolved once.
+    fn of(files: &[PathBuf]) -> (BTreeSet<PathBuf>, Concerned) {
         // notify reports a relative watch's events under the working folder: `-c gatehouse.toml`
         // watches `""`, and its events name `/cwd/gatehouse.toml`.
         let cwd = std::env::current_dir().ok();
-        let absolute = |p: &PathBuf| cwd.as_ref().map(|d| d.join(p));
-        let mut paths = HashSet::new();
-        for dir in folders {
-            paths.extend([Some(dir.clone()), absolute(dir)].into_iter().flatten());
-        }
+        let absolute = |p: &Path| cwd.as_ref().map(|d| d.join(p));
+        let (mut folders, mut paths) = (BTreeSet::new(), HashSet::new());
         for f in files {
             let real = std::fs::canonicalize(f).ok();
+            folders.extend(f.parent().map(Path::to_path_buf));
+            folders.extend(
+                real.as_deref()
+                    .and_then(Path::parent)
+                    .map(Path::to_path_buf),
+            );
             paths.extend([Some(f.clone()), absolute(f), real].into_iter().flatten());
         }
-        Concerned { paths }
+        for dir in &folders {
+            paths.extend([Some(dir.clone()), absolute(dir)].into_iter().flatten());
+        }
+        (folders, Concerned { paths })
     }
 
     /// Whether `event` may be about our files. An event without paths, or one that says events
@@ -184,9 +176,9 @@ impl Watch {
         let Some(w) = self.watcher.as_mut() else {
             return;
         };
-        let want = folders(files);
+        let (want, concerned) = Concerned::of(files);
         // Before the new watches: an event in a new folder must find its files concerned.
-        self.concerned.store(Arc::new(Concerned::of(files, &want)));
+        self.concerned.store(Arc::new(concerned));
         for gone in self.folders.difference(&want).cloned().collect::<Vec<_>>() {
             let _ = w.unwatch(&gone);
             self.folders.remove(&gone);
@@ -264,8 +256,10 @@ mod tests {
             PathBuf::from("/srv/gh/gatehouse.toml"),
             PathBuf::from("/srv/certs/a.crt"),
         ];
-        let folders: BTreeSet<PathBuf> = ["/srv/gh", "/srv/certs"].map(PathBuf::from).into();
-        Concerned::of(&files, &folders)
+        let (folders, concerned) = Concerned::of(&files);
+        let expected: BTreeSet<PathBuf> = ["/srv/gh", "/srv/certs"].map(PathBuf::from).into();
+        assert_eq!(folders, expected);
+        concerned
     }
 
     fn written(path: &str) -> Event {
@@ -295,9 +289,7 @@ mod tests {
 
     #[test]
     fn a_relative_config_path_matches_events_under_the_working_folder() {
-        let files = [PathBuf::from("gatehouse.toml")];
-        let folders: BTreeSet<PathBuf> = [PathBuf::from("")].into();
-        let c = Concerned::of(&files, &folders);
+        let (_, c) = Concerned::of(&[PathBuf::from("gatehouse.toml")]);
         let cwd = std::env::current_dir().unwrap();
         let event = |p: PathBuf| {
             Event::new(EventKind::Modify(ModifyKind::Data(DataChange::Any))).add_path(p)
