@@ -90,7 +90,7 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(1);
 /// main runtime, which with one worker is the serving one, so every connection stalled for it
 /// (bench/README.md, scenario 1's p99.9). Every second rather than every five, so that the
 /// samples waiting in between stay small.
-pub fn spawn_upkeep(handle: PrometheusHandle) {
+fn spawn_upkeep(handle: PrometheusHandle) {
     let spawned = std::thread::Builder::new()
         .name("gatehouse-metrics".into())
         .spawn(move || {
