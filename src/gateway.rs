@@ -161,8 +161,8 @@ pub struct Gateway {
     ready: AtomicBool,
     /// The admin listener's bound address.
     admin_addr: Option<SocketAddr>,
-    /// `server.workers` and `server.max_connections` as started: a reload cannot change them.
-    fixed_at_start: (Option<usize>, usize),
+    /// `server.workers` as started: a reload cannot change the worker threads.
+    workers_at_start: Option<usize>,
     /// Publishes the generation after every swap (tests and tools wait on it).
     generation_tx: watch::Sender<u64>,
     /// What the metrics endpoint set last: see [`crate::metrics::snapshot_gauges`].
@@ -259,7 +259,7 @@ impl Gateway {
             ready: AtomicBool::new(false),
             generation_tx: watch::channel(1).0,
             admin_addr: admin.as_ref().and_then(|l| l.local_addr().ok()),
-            fixed_at_start: (server.workers, server.max_connections),
+            workers_at_start: server.workers,
             scraped_labels: Default::default(),
         });
         if let Some(admin) = admin {
@@ -337,7 +337,8 @@ impl Gateway {
         self.shutdown_tx.subscribe()
     }
 
-    /// Applies the parts of a new config that live outside the snapshot (the access log).
+    /// Applies the parts of a new config that live outside the snapshot (the access log, the
+    /// connection limit).
     pub fn after_reload(&self) {
         let snap = self.shared.load();
         let log = &snap.config.log;
@@ -346,15 +347,10 @@ impl Gateway {
                 tracing::warn!(admin = %prev, "the admin address changed; it takes effect at the next restart");
             }
         }
-        if (
-            snap.config.server.workers,
-            snap.config.server.max_connections,
-        ) != self.fixed_at_start
-        {
-            tracing::warn!(
-                "server.workers or server.max_connections changed; they take effect at the next restart"
-            );
+        if snap.config.server.workers != self.workers_at_start {
+            tracing::warn!("server.workers changed; it takes effect at the next restart");
         }
+        self.ctx.limit.set_max(snap.config.server.max_connections);
         match (self.shared.access_log.load_full(), &log.access_log) {
             (Some(l), crate::config::AccessLogTarget::Off) => {
                 let _ = l;

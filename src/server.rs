@@ -255,11 +255,12 @@ pub struct ServerCtx {
 ///
 /// Ours rather than a tokio `Semaphore`, whose every release takes its waiter list's lock: a
 /// connection taken and given back is two atomic operations here, and only an accept loop
-/// that found the limit reached waits (callgrind, scenario 3 of bench/README.md).
+/// that found the limit reached waits (callgrind, scenario 3 of bench/README.md). The limit
+/// changes on reload ([`ConnLimit::set_max`]), as nginx's `worker_connections` does.
 #[derive(Debug)]
 pub struct ConnLimit {
     open: AtomicUsize,
-    max: usize,
+    max: AtomicUsize,
     freed: tokio::sync::Notify,
 }
 
@@ -271,18 +272,28 @@ impl ConnLimit {
     pub fn new(max: usize) -> ConnLimit {
         ConnLimit {
             open: AtomicUsize::new(0),
-            max,
+            max: AtomicUsize::new(max),
             freed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// A new limit, from a reload. A lower one closes nothing: connections over it stay open,
+    /// and new ones wait until the count is under it. Waiters are woken either way and look
+    /// again, so none sleeps through a raised limit, and none misses a release that compared
+    /// against the old one (every access to the two counts is `SeqCst`: one order for all).
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::SeqCst);
+        self.freed.notify_waiters();
     }
 
     /// A place, at once when one is free.
     pub fn try_acquire(self: &Arc<Self>) -> Option<ConnPermit> {
         // Compare-and-swap rather than add-then-undo: a count that overshot for a moment could
         // make a waiter see the limit reached after the release that was meant to wake it.
+        let max = self.max.load(Ordering::SeqCst);
         self.open
-            .fetch_update(Ordering::Acquire, Ordering::Relaxed, |n| {
-                (n < self.max).then_some(n + 1)
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
             })
             .ok()
             .map(|_| ConnPermit(self.clone()))
@@ -306,7 +317,8 @@ impl ConnLimit {
 impl Drop for ConnPermit {
     fn drop(&mut self) {
         // Only the release that takes the count below the limit can unblock a waiter.
-        if self.0.open.fetch_sub(1, Ordering::Release) == self.0.max {
+        let was = self.0.open.fetch_sub(1, Ordering::SeqCst);
+        if was == self.0.max.load(Ordering::SeqCst) {
             self.0.freed.notify_waiters();
         }
     }
@@ -981,6 +993,33 @@ mod tests {
         let _b = limit.try_acquire().expect("second place");
         assert!(limit.try_acquire().is_none());
         drop(a);
+        assert!(limit.try_acquire().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_raised_limit_wakes_a_waiter() {
+        let limit = Arc::new(ConnLimit::new(1));
+        let _held = limit.try_acquire().expect("the one place");
+        let waiting = tokio::spawn({
+            let limit = limit.clone();
+            async move { limit.acquire().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        limit.set_max(2);
+        waiting.await.expect("waiter");
+    }
+
+    #[test]
+    fn a_lowered_limit_keeps_its_connections_and_gives_a_place_only_under_it() {
+        let limit = Arc::new(ConnLimit::new(3));
+        let a = limit.try_acquire().expect("first place");
+        let b = limit.try_acquire().expect("second place");
+        limit.set_max(1);
+        assert!(limit.try_acquire().is_none());
+        drop(a);
+        assert!(limit.try_acquire().is_none(), "one open, limit one");
+        drop(b);
         assert!(limit.try_acquire().is_some());
     }
 

@@ -625,3 +625,90 @@ async fn zero_requests_fail_while_the_config_is_rewritten_200_times() {
         (2u64 << 20).to_string()
     );
 }
+
+/// `versioned("one", true)` with `server.max_connections`.
+fn limited(max: usize) -> String {
+    versioned("one", true).replace(
+        "http = \"127.0.0.1:0\"",
+        &format!("http = \"127.0.0.1:0\"\nmax_connections = {max}"),
+    )
+}
+
+async fn post_reload(gw: &Gw) {
+    let admin = gw.gw.admin_addr().unwrap();
+    let r = send(
+        admin,
+        req("POST", "admin", "/reload").body(empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// Sends a keep-alive GET and returns the first read of the answer.
+async fn ask(tcp: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncWriteExt;
+    tcp.write_all(GET).await.unwrap();
+    answer(tcp).await
+}
+
+const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n";
+
+/// Sends a GET and checks that no answer comes while the connection limit holds it back (the
+/// kernel completes the handshake; Gatehouse does not take the connection).
+async fn ask_held_back(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(GET).await.unwrap();
+    assert_not_answered(&mut tcp).await;
+    tcp
+}
+
+async fn assert_not_answered(tcp: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    let early = tokio::time::timeout(Duration::from_millis(300), tcp.read(&mut buf)).await;
+    assert!(early.is_err(), "answered over the limit: {early:?}");
+}
+
+/// The first read of the answer to a GET already sent.
+async fn answer(tcp: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 4096];
+    let n = within("an answer", tcp.read(&mut buf)).await.unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn a_raised_max_connections_lets_a_waiting_connection_in_at_reload() {
+    let gw = gateway(&limited(1)).await;
+    let mut first = tokio::net::TcpStream::connect(gw.http()).await.unwrap();
+    assert!(ask(&mut first).await.starts_with("HTTP/1.1 200"));
+    let mut second = ask_held_back(gw.http()).await;
+
+    std::fs::write(&gw.path, limited(2)).unwrap();
+    post_reload(&gw).await;
+    assert!(answer(&mut second).await.starts_with("HTTP/1.1 200"));
+    assert!(ask(&mut first).await.starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn a_lowered_max_connections_closes_nothing_and_new_connections_wait_under_it() {
+    let gw = gateway(&limited(2)).await;
+    let mut a = tokio::net::TcpStream::connect(gw.http()).await.unwrap();
+    let mut b = tokio::net::TcpStream::connect(gw.http()).await.unwrap();
+    assert!(ask(&mut a).await.starts_with("HTTP/1.1 200"));
+    assert!(ask(&mut b).await.starts_with("HTTP/1.1 200"));
+
+    std::fs::write(&gw.path, limited(1)).unwrap();
+    post_reload(&gw).await;
+    // Both stay open and served, over the new limit.
+    assert!(ask(&mut a).await.starts_with("HTTP/1.1 200"));
+    assert!(ask(&mut b).await.starts_with("HTTP/1.1 200"));
+
+    let mut c = ask_held_back(gw.http()).await;
+    drop(a);
+    // One left open: at the new limit, so `c` still waits.
+    assert_not_answered(&mut c).await;
+    drop(b);
+    assert!(answer(&mut c).await.starts_with("HTTP/1.1 200"));
+}
