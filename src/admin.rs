@@ -5,6 +5,8 @@
 //! file), never its value.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
@@ -19,9 +21,21 @@ use crate::body::Body;
 use crate::config::{TargetConfig, TlsSource};
 use crate::gateway::Gateway;
 
-/// Serves the admin endpoint on `listener` for the life of the process: it keeps answering
-/// while the gateway drains, so a load balancer sees `/readyz` turn 503.
-pub async fn serve(
+/// Serves the admin endpoint on `listener` until a reload moves it, or for the life of the
+/// process: it keeps answering while the gateway drains, so a load balancer sees `/readyz` turn
+/// 503.
+///
+/// Boxed, with its type spelled out: a reload that this endpoint serves can start the endpoint
+/// again, and the compiler needs a named type to see that the recursive future is `Send`.
+pub fn serve(
+    listener: TcpListener,
+    gw: Arc<Gateway>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(accept_loop(listener, gw, metrics))
+}
+
+async fn accept_loop(
     listener: TcpListener,
     gw: Arc<Gateway>,
     metrics: metrics_exporter_prometheus::PrometheusHandle,

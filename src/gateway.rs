@@ -2,9 +2,9 @@
 //!
 //! [`Gateway::start`] loads the config, builds the first snapshot, binds every listener (a bind
 //! failure is fatal at start), and spawns the accept loops. [`Gateway::reload`] builds a complete
-//! new snapshot off the request path and swaps it in with one store; listeners are diffed by
-//! their configured address, so only added ones are bound and only removed ones are closed
-//! (their open connections drain on their own). [`Gateway::shutdown`] drains everything.
+//! new snapshot off the request path and swaps it in with one store; listeners (the admin one
+//! too) are diffed by their configured address, so only added ones are bound and only removed
+//! ones are closed (their open connections drain on their own). [`Gateway::shutdown`] drains everything.
 //!
 //! This module must not serve requests or parse config itself: it wires `config`, `state`,
 //! `server` and `admin` together.
@@ -23,6 +23,7 @@ use crate::config::{self, Config, ConfigError, EnvLookup};
 use crate::server::{self, ListenerKind, ServerCtx};
 use crate::state::{Shared, Snapshot};
 use crate::upstream::ClientCache;
+use crate::worker::lock;
 
 /// How to start.
 #[derive(Clone)]
@@ -140,6 +141,15 @@ pub struct ReloadStatus {
     pub reloads_failed: u64,
 }
 
+/// The admin listener: as configured (diffed on reload like the others), as bound, and its
+/// accept loop, aborted when a reload moves or removes it.
+#[derive(Default)]
+struct AdminListener {
+    configured: Option<SocketAddr>,
+    bound: Option<SocketAddr>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
 struct ListenerHandle {
     kind: ListenerKind,
     configured: SocketAddr,
@@ -159,8 +169,9 @@ pub struct Gateway {
     started_at: Instant,
     /// Listeners bound and a valid config loaded; false again once shutdown starts.
     ready: AtomicBool,
-    /// The admin listener's bound address.
-    admin_addr: Option<SocketAddr>,
+    admin: Mutex<AdminListener>,
+    /// This gateway, for the admin listener a reload starts (it serves with an `Arc` of it).
+    me: std::sync::Weak<Gateway>,
     /// `server.workers` as started: a reload cannot change the worker threads.
     workers_at_start: Option<usize>,
     /// Publishes the generation after every swap (tests and tools wait on it).
@@ -244,7 +255,7 @@ impl Gateway {
             shutdown: shutdown_rx,
             limit: Arc::new(crate::server::ConnLimit::new(server.max_connections)),
         });
-        let gw = Arc::new(Gateway {
+        let gw = Arc::new_cyclic(|me| Gateway {
             shared,
             ctx,
             shutdown_tx,
@@ -258,13 +269,19 @@ impl Gateway {
             started_at: Instant::now(),
             ready: AtomicBool::new(false),
             generation_tx: watch::channel(1).0,
-            admin_addr: admin.as_ref().and_then(|l| l.local_addr().ok()),
+            admin: Mutex::new(AdminListener {
+                configured: server.admin,
+                bound: admin.as_ref().and_then(|l| l.local_addr().ok()),
+                task: None,
+            }),
+            me: me.clone(),
             workers_at_start: server.workers,
             scraped_labels: Default::default(),
         });
         if let Some(admin) = admin {
-            tokio::spawn(crate::admin::serve(admin, gw.clone(), metrics.clone()));
-            tracing::info!(addr = ?gw.admin_addr, "admin listener");
+            let task = tokio::spawn(crate::admin::serve(admin, gw.clone(), metrics.clone()));
+            lock(&gw.admin).task = Some(task);
+            tracing::info!(addr = ?gw.admin_addr(), "admin listener");
         }
         crate::metrics::spawn_upkeep_once(metrics);
         for (kind, addr, listener) in bound {
@@ -319,7 +336,7 @@ impl Gateway {
 
     /// The admin listener's bound address.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin_addr
+        lock(&self.admin).bound
     }
 
     /// Listeners bound, a valid config loaded, and not shutting down.
@@ -342,11 +359,6 @@ impl Gateway {
     pub fn after_reload(&self) {
         let snap = self.shared.load();
         let log = &snap.config.log;
-        if let Some(prev) = &snap.config.server.admin {
-            if Some(prev.port()) != self.admin_addr.map(|a| a.port()) && prev.port() != 0 {
-                tracing::warn!(admin = %prev, "the admin address changed; it takes effect at the next restart");
-            }
-        }
         if snap.config.server.workers != self.workers_at_start {
             tracing::warn!("server.workers changed; it takes effect at the next restart");
         }
@@ -479,6 +491,21 @@ impl Gateway {
                 kept.or(new).map(|a| a.port())
             });
         }
+        // The admin listener likewise: a new address is bound before the swap.
+        let admin_wanted = next.config.server.admin;
+        let admin_move = if lock(&self.admin).configured == admin_wanted {
+            None
+        } else {
+            let listener = match admin_wanted {
+                Some(addr) => Some(
+                    server::bind(addr)
+                        .and_then(tokio::net::TcpListener::from_std)
+                        .map_err(|source| ReloadError::Bind { addr, source })?,
+                ),
+                None => None,
+            };
+            Some(listener)
+        };
         let mut report = diff(&prev, &next);
         report.generation = next.generation;
         for w in &next.config.warnings {
@@ -512,6 +539,9 @@ impl Gateway {
         for stop in removed {
             let _ = tokio::time::timeout(Duration::from_secs(2), stop.closed()).await;
         }
+        if let Some(listener) = admin_move {
+            self.move_admin(admin_wanted, listener, &mut report).await;
+        }
         report.unchanged = same_file
             && report
                 == ReloadReport {
@@ -520,6 +550,38 @@ impl Gateway {
                 };
         report.millis = started.elapsed().as_millis();
         Ok(report)
+    }
+
+    /// Closes the admin listener a reload moved or removed and starts the new one. Connections
+    /// already accepted are served on: a `POST /reload` that moved the listener gets its answer.
+    async fn move_admin(
+        &self,
+        configured: Option<SocketAddr>,
+        listener: Option<tokio::net::TcpListener>,
+        report: &mut ReloadReport,
+    ) {
+        let (old_task, old_bound) = {
+            let mut admin = lock(&self.admin);
+            admin.configured = configured;
+            (admin.task.take(), admin.bound.take())
+        };
+        if let Some(task) = old_task {
+            task.abort();
+            // Resolves once the accept loop and its socket are dropped: the old address
+            // refuses connections when the reload returns.
+            let _ = task.await;
+        }
+        report.listeners_removed.extend(old_bound);
+        let (Some(listener), Some(gw)) = (listener, self.me.upgrade()) else {
+            return;
+        };
+        let bound = listener.local_addr().ok();
+        let task = tokio::spawn(crate::admin::serve(listener, gw, crate::metrics::install()));
+        let mut admin = lock(&self.admin);
+        admin.bound = bound;
+        admin.task = Some(task);
+        report.listeners_added.extend(bound);
+        tracing::info!(addr = ?bound, "admin listener");
     }
 
     /// Stops accepting, lets in-flight requests finish within `grace`, then returns.

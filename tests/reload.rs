@@ -712,3 +712,71 @@ async fn a_lowered_max_connections_closes_nothing_and_new_connections_wait_under
     drop(b);
     assert!(answer(&mut c).await.starts_with("HTTP/1.1 200"));
 }
+
+/// `versioned("one", ..)` with the admin listener at `admin` (none when `None`).
+fn with_admin(admin: Option<&str>) -> String {
+    let admin = admin
+        .map(|a| format!("admin = \"{a}\""))
+        .unwrap_or_default();
+    versioned("one", false).replace(
+        "http = \"127.0.0.1:0\"",
+        &format!("http = \"127.0.0.1:0\"\n{admin}"),
+    )
+}
+
+async fn healthz(admin: std::net::SocketAddr) -> http::StatusCode {
+    send(
+        admin,
+        req("GET", "admin", "/healthz").body(empty()).unwrap(),
+    )
+    .await
+    .status
+}
+
+#[tokio::test]
+async fn a_reload_starts_moves_and_stops_the_admin_listener() {
+    let gw = gateway(&with_admin(None)).await;
+    assert_eq!(gw.gw.admin_addr(), None);
+
+    std::fs::write(&gw.path, with_admin(Some("127.0.0.1:0"))).unwrap();
+    let r = gatehouse::reload::apply(&gw.gw, "test").await.unwrap();
+    let first = gw.gw.admin_addr().expect("an admin listener");
+    assert_eq!(r.listeners_added, vec![first]);
+    assert_eq!(healthz(first).await, 200);
+
+    // Moved, by the reload its own endpoint asked for: the answer comes back on the connection
+    // the old listener accepted, and the old address refuses connections after it.
+    std::fs::write(&gw.path, with_admin(Some("127.0.0.2:0"))).unwrap();
+    let r = send(
+        first,
+        req("POST", "admin", "/reload").body(empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let second = gw.gw.admin_addr().expect("an admin listener");
+    assert_eq!(second.ip().to_string(), "127.0.0.2");
+    assert_eq!(healthz(second).await, 200);
+    assert!(tokio::net::TcpStream::connect(first).await.is_err());
+
+    std::fs::write(&gw.path, with_admin(None)).unwrap();
+    let r = gatehouse::reload::apply(&gw.gw, "test").await.unwrap();
+    assert_eq!(r.listeners_removed, vec![second]);
+    assert_eq!(gw.gw.admin_addr(), None);
+    assert!(tokio::net::TcpStream::connect(second).await.is_err());
+    assert_eq!(get(gw.http(), "app.test", "/").await.text(), "one");
+}
+
+#[tokio::test]
+async fn an_admin_address_that_cannot_be_bound_refuses_the_reload_and_keeps_the_old_one() {
+    let gw = gateway(&with_admin(Some("127.0.0.1:0"))).await;
+    let admin = gw.gw.admin_addr().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().to_string();
+
+    std::fs::write(&gw.path, with_admin(Some(&busy)).replace("one", "two")).unwrap();
+    let e = gatehouse::reload::apply(&gw.gw, "test").await.unwrap_err();
+    assert!(e.summary().contains(&busy), "{}", e.summary());
+    assert_eq!(gw.gw.admin_addr(), Some(admin));
+    assert_eq!(healthz(admin).await, 200);
+    assert_eq!(get(gw.http(), "app.test", "/").await.text(), "one");
+}
