@@ -996,16 +996,28 @@ mod tests {
         assert!(limit.try_acquire().is_some());
     }
 
-    #[tokio::test]
-    async fn a_raised_limit_wakes_a_waiter() {
+    /// A limit of one, its place held, and a task waiting for a place.
+    async fn full_with_a_waiter() -> (
+        Arc<ConnLimit>,
+        ConnPermit,
+        tokio::task::JoinHandle<ConnPermit>,
+    ) {
         let limit = Arc::new(ConnLimit::new(1));
-        let _held = limit.try_acquire().expect("the one place");
+        let held = limit.try_acquire().expect("the one place");
         let waiting = tokio::spawn({
             let limit = limit.clone();
             async move { limit.acquire().await }
         });
+        // The waiter is registered (or has looked and found none) before the release: let it
+        // run until it waits.
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
+        (limit, held, waiting)
+    }
+
+    #[tokio::test]
+    async fn a_raised_limit_wakes_a_waiter() {
+        let (limit, _held, waiting) = full_with_a_waiter().await;
         limit.set_max(2);
         waiting.await.expect("waiter");
     }
@@ -1025,16 +1037,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiter_gets_the_place_a_closed_connection_gives_back() {
-        let limit = Arc::new(ConnLimit::new(1));
-        let held = limit.try_acquire().expect("the one place");
-        let waiting = tokio::spawn({
-            let limit = limit.clone();
-            async move { limit.acquire().await }
-        });
-        // The waiter is registered (or has looked and found none) before the release: let it
-        // run until it waits.
-        tokio::task::yield_now().await;
-        assert!(!waiting.is_finished());
+        let (limit, held, waiting) = full_with_a_waiter().await;
         drop(held);
         let got = waiting.await.expect("waiter");
         assert!(limit.try_acquire().is_none(), "the waiter holds the place");
