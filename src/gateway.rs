@@ -4,7 +4,8 @@
 //! failure is fatal at start), and spawns the accept loops. [`Gateway::reload`] builds a complete
 //! new snapshot off the request path and swaps it in with one store; listeners (the admin one
 //! too) are diffed by their configured address, so only added ones are bound and only removed
-//! ones are closed (their open connections drain on their own). [`Gateway::shutdown`] drains everything.
+//! ones are closed (their open connections drain on their own). [`Gateway::shutdown`] drains
+//! everything.
 //!
 //! This module must not serve requests or parse config itself: it wires `config`, `state`,
 //! `server` and `admin` together.
@@ -143,7 +144,6 @@ pub struct ReloadStatus {
 
 /// The admin listener: as configured (diffed on reload like the others), as bound, and its
 /// accept loop, aborted when a reload moves or removes it.
-#[derive(Default)]
 struct AdminListener {
     configured: Option<SocketAddr>,
     bound: Option<SocketAddr>,
