@@ -262,7 +262,7 @@ mod tests {
         concerned
     }
 
-    fn written(path: &str) -> Event {
+    fn written(path: impl Into<PathBuf>) -> Event {
         Event::new(EventKind::Modify(ModifyKind::Data(DataChange::Any))).add_path(path.into())
     }
 
@@ -291,11 +291,8 @@ mod tests {
     fn a_relative_config_path_matches_events_under_the_working_folder() {
         let (_, c) = Concerned::of(&[PathBuf::from("gatehouse.toml")]);
         let cwd = std::env::current_dir().unwrap();
-        let event = |p: PathBuf| {
-            Event::new(EventKind::Modify(ModifyKind::Data(DataChange::Any))).add_path(p)
-        };
-        assert!(c.wants(&event(cwd.join("gatehouse.toml"))));
-        assert!(!c.wants(&event(cwd.join("access.log"))));
+        assert!(c.wants(&written(cwd.join("gatehouse.toml"))));
+        assert!(!c.wants(&written(cwd.join("access.log"))));
     }
 
     #[test]
