@@ -663,13 +663,6 @@ async fn ask_held_back(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
     tcp
 }
 
-async fn assert_not_answered(tcp: &mut tokio::net::TcpStream) {
-    use tokio::io::AsyncReadExt;
-    let mut buf = [0u8; 64];
-    let early = tokio::time::timeout(Duration::from_millis(300), tcp.read(&mut buf)).await;
-    assert!(early.is_err(), "answered over the limit: {early:?}");
-}
-
 /// The first read of the answer to a GET already sent.
 async fn answer(tcp: &mut tokio::net::TcpStream) -> String {
     use tokio::io::AsyncReadExt;

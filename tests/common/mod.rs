@@ -656,3 +656,12 @@ pub fn app_site(upstream: &str) -> String {
         "[server]\nhttp = \"127.0.0.1:0\"\n\n[[site]]\nhosts = [\"app.example.com\"]\n  [[site.route]]\n  prefix = \"/\"\n  upstream = \"{upstream}\"\n"
     )
 }
+
+/// Checks that a connection the connection limit holds back gets no answer for 300 ms (the
+/// kernel completes the handshake; Gatehouse does not take the connection).
+pub async fn assert_not_answered(tcp: &mut TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    let early = tokio::time::timeout(Duration::from_millis(300), tcp.read(&mut buf)).await;
+    assert!(early.is_err(), "answered over the limit: {early:?}");
+}
