@@ -318,18 +318,24 @@ fn handle(
         if another.is_some() {
             return Err(ProxyError::DuplicateHost);
         }
+        let sent = req.uri().authority().is_some() || field.is_some();
         let host = match (req.uri().authority(), field) {
             (Some(a), _) => HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::BadHost)?,
             (None, Some(h)) => h.clone(),
-            (None, None) if req.version() == Version::HTTP_11 => {
+            // RFC 9112 §3.2; and an HTTP/2 request names its host too (RFC 9113 §8.3.1).
+            (None, None) if req.version() >= Version::HTTP_11 => {
                 return Err(ProxyError::MissingHost);
             }
+            // An HTTP/1.0 client need not send one: the default site answers it.
             (None, None) => HeaderValue::from_static(""),
         };
-        let host_name = match host.to_str().ok().filter(|s| !s.is_empty()) {
-            Some(h) => normalize_host(h).map_err(|_| ProxyError::BadHost)?,
-            None if host.is_empty() => Cow::Borrowed(""),
-            None => return Err(ProxyError::BadHost),
+        // A Host that is sent must name a host, an empty one included (an `http` URI's host is
+        // never empty, RFC 9110 §4.2.1): nginx answers it 400 too.
+        let host_name = if sent {
+            let h = host.to_str().map_err(|_| ProxyError::BadHost)?;
+            normalize_host(h).map_err(|_| ProxyError::BadHost)?
+        } else {
+            Cow::Borrowed("")
         };
         let site_idx = snap.hosts.lookup(&host_name).ok_or(ProxyError::NoSite)?;
         let site = &snap.sites[site_idx];

@@ -159,6 +159,30 @@ hosts = ["localhost"]
 }
 
 #[tokio::test]
+async fn an_http10_request_without_host_goes_to_the_default_site() {
+    let gw = hosts_gateway().await;
+    let out = raw(gw.http(), b"GET / HTTP/1.0\r\n\r\n").await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.ends_with("default"), "{out}");
+}
+
+#[tokio::test]
+async fn an_empty_host_is_400_even_with_a_default_site() {
+    // RFC 9110 §4.2.1: an `http` URI's host is never empty; nginx answers 400 too. Both HTTP
+    // versions, on the fast path and on hyper's (a request with a body).
+    let gw = hosts_gateway().await;
+    for head in [
+        "GET / HTTP/1.1\r\nHost: \r\n\r\n",
+        "GET / HTTP/1.0\r\nHost:\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost:  \r\nContent-Length: 2\r\n\r\nhi",
+    ] {
+        let out = raw(gw.http(), head.as_bytes()).await;
+        assert!(out.starts_with("HTTP/1.1 400 "), "{head:?} -> {out}");
+        assert!(out.contains("Host header is not valid"), "{out}");
+    }
+}
+
+#[tokio::test]
 async fn exact_host_beats_wildcard() {
     let gw = hosts_gateway().await;
     assert_eq!(get(gw.http(), "app.example.com", "/").await.text(), "app");
@@ -200,6 +224,17 @@ async fn h2_authority_selects_the_site() {
     let r = send_h2c(gw.http(), req).await;
     assert_eq!(r.version, http::Version::HTTP_2);
     assert_eq!(r.text(), "preview");
+}
+
+#[tokio::test]
+async fn an_h2_request_without_authority_or_host_is_400() {
+    // RFC 9113 §8.3.1: an `http` request carries `:authority` or Host; with neither it is not
+    // sent to the default site.
+    let gw = hosts_gateway().await;
+    let req = http::Request::get("/").body(empty()).unwrap();
+    let r = send_h2c(gw.http(), req).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("no Host"), "{}", r.text());
 }
 
 async fn targets_gateway() -> Gw {
