@@ -221,6 +221,9 @@ impl HttpBody for ReqBody {
 pub struct RequestBodyStats {
     pub bytes: AtomicU64,
     pub too_large: AtomicBool,
+    /// The client's side of the body failed (a malformed chunk, a connection or stream closed
+    /// mid-body): the upstream call fails because of the client, not the backend.
+    pub client_failed: AtomicBool,
 }
 
 /// The request body exceeded `max_body` while streaming.
@@ -303,7 +306,11 @@ impl HttpBody for UpstreamBody {
                 this.signal_finished();
                 Poll::Ready(None)
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                this.stats.client_failed.store(true, Ordering::Relaxed);
+                this.inner = None;
+                Poll::Ready(Some(Err(e.into())))
+            }
             Poll::Pending => Poll::Pending,
         }
     }

@@ -35,6 +35,10 @@ pub enum ProxyError {
     HeadersTooLarge,
     #[error("the request body is larger than max_body ({0} bytes)")]
     BodyTooLarge(u64),
+    /// The client's body broke off or was malformed while it was streamed to the backend (nginx
+    /// answers 400 "client sent invalid chunked body"; it reads the body before connecting).
+    #[error("the request body was cut short or malformed: {0}")]
+    BadBody(String),
     #[error("every backend of the route is cooling off after failures")]
     NoBackend,
     #[error("backend {backend}: {kind}: {detail}", kind = .kind.label())]
@@ -56,7 +60,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         use ProxyError::*;
         match self {
-            MissingHost | BadHost | DuplicateHost | BadPath(_) | AmbiguousPath => {
+            MissingHost | BadHost | DuplicateHost | BadPath(_) | AmbiguousPath | BadBody(_) => {
                 StatusCode::BAD_REQUEST
             }
             NoSite | NoRoute => StatusCode::NOT_FOUND,
@@ -89,6 +93,7 @@ impl ProxyError {
             Misdirected => "this host is not served on this TLS connection",
             HeadersTooLarge => "the request headers are too large",
             BodyTooLarge(_) => "the request body is too large",
+            BadBody(_) => "the request body was cut short or malformed",
             NoBackend => "no backend is available",
             Upstream {
                 kind: FailureKind::ConnectTimeout,
@@ -126,6 +131,7 @@ mod tests {
             (ProxyError::DuplicateHost, 400),
             (ProxyError::BadPath(PathError::AboveRoot), 400),
             (ProxyError::AmbiguousPath, 400),
+            (ProxyError::BadBody(String::new()), 400),
             (ProxyError::NoSite, 404),
             (ProxyError::NoRoute, 404),
             (ProxyError::Misdirected, 421),

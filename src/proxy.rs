@@ -860,11 +860,15 @@ pub(crate) fn forward<'a>(
                     return Err(timed_out(backend, response_timeout));
                 }
                 Err(e) => {
-                    if stats
-                        .as_ref()
-                        .is_some_and(|s| s.too_large.load(std::sync::atomic::Ordering::Relaxed))
-                    {
-                        return Err(ProxyError::BodyTooLarge(max_body));
+                    if let Some(s) = &stats {
+                        use std::sync::atomic::Ordering::Relaxed;
+                        if s.too_large.load(Relaxed) {
+                            return Err(ProxyError::BodyTooLarge(max_body));
+                        }
+                        // The client's fault: not counted against the backend.
+                        if s.client_failed.load(Relaxed) {
+                            return Err(ProxyError::BadBody(error_chain(&e)));
+                        }
                     }
                     let kind = match &e {
                         SendFailure::Pool(p) => p.kind(),

@@ -202,6 +202,90 @@ async fn a_request_with_two_host_headers_is_refused_and_never_forwarded() {
 }
 
 #[tokio::test]
+async fn content_length_beside_chunked_is_ignored_and_the_connection_closed_after() {
+    // RFC 9112 §6.1: Transfer-Encoding overrides Content-Length, and the connection closes after
+    // the response, so bytes a front proxy framed the other way are never read as a request. The
+    // backend gets the body chunked, without the Content-Length.
+    let b = backend("b").await;
+    let gw = gateway(&app_site(&b.url())).await;
+    let out = raw(
+        gw.http(),
+        b"GET /0 HTTP/1.1\r\nHost: app.example.com\r\n\r\nPOST /1 HTTP/1.1\r\nHost: app.example.com\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: app.example.com\r\n\r\n",
+    )
+    .await;
+    assert_eq!(count(&out, "HTTP/1.1 200 OK\r\n"), 2, "{out}");
+    let seen = b.requests();
+    let uris: Vec<&str> = seen.iter().map(|s| s.uri.as_str()).collect();
+    assert_eq!(uris, ["/0", "/1"]);
+    assert_eq!(&seen[1].body[..], b"abc");
+    assert_eq!(seen[1].header("content-length"), None);
+}
+
+#[tokio::test]
+async fn requests_framed_two_ways_or_not_at_all_are_refused_and_never_forwarded() {
+    // RFC 9112 §6.3: a request whose body length cannot be known for certain is answered 400
+    // and its connection closed; each head on the fast path's first request and after it.
+    let b = backend("b").await;
+    let gw = gateway(&app_site(&b.url())).await;
+    for framing in [
+        "Content-Length: 1\r\nContent-Length: 2\r\n",
+        "Content-Length: 1, 2\r\n",
+        "Content-Length: +1\r\n",
+        "Content-Length: -1\r\n",
+        "Content-Length: 0x1\r\n",
+        "Transfer-Encoding: gzip\r\n",
+        "Transfer-Encoding: chunked, identity\r\n",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n",
+    ] {
+        for first in ["", "GET /ok HTTP/1.1\r\nHost: app.example.com\r\n\r\n"] {
+            let head = format!(
+                "{first}POST /bad HTTP/1.1\r\nHost: app.example.com\r\n{framing}\r\nx\r\n\r\n"
+            );
+            let out = raw(gw.http(), head.as_bytes()).await;
+            assert!(out.contains("HTTP/1.1 400 "), "{head:?} -> {out}");
+            assert!(!out.contains("200 OK") || !first.is_empty(), "{out}");
+        }
+    }
+    let uris: Vec<String> = b.requests().into_iter().map(|s| s.uri).collect();
+    assert!(uris.iter().all(|u| u == "/ok"), "{uris:?}");
+}
+
+#[tokio::test]
+async fn a_chunked_body_that_breaks_off_is_400_and_never_reaches_the_backend_whole() {
+    // A chunk size that is not hex: the body stops there. The backend's request is cut off (no
+    // last chunk), the client gets 400 as from nginx (the client's fault, not the backend's: no
+    // upstream error is counted), and its connection is closed rather than read on from the
+    // middle of a body.
+    let (got_tx, got_rx) = oneshot::channel::<Vec<u8>>();
+    let got_tx = Arc::new(Mutex::new(Some(got_tx)));
+    let (addr, _) = raw_backend(move |_, mut tcp| {
+        let got_tx = got_tx.clone();
+        async move {
+            let mut got = Vec::new();
+            let _ = tcp.read_to_end(&mut got).await;
+            if let Some(tx) = got_tx.lock().unwrap().take() {
+                let _ = tx.send(got);
+            }
+        }
+    })
+    .await;
+    let gw = gateway(&app_site(&format!("http://{addr}"))).await;
+    let out = raw(
+        gw.http(),
+        b"POST /1 HTTP/1.1\r\nHost: app.example.com\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\nGET /2 HTTP/1.1\r\nHost: app.example.com\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
+    assert!(out.contains("cut short or malformed"), "{out}");
+    assert_eq!(count(&out, "HTTP/1.1 "), 1, "{out}");
+    let got = within("the backend's side to close", got_rx).await.unwrap();
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("POST /1 "), "{got}");
+    assert!(!got.ends_with("0\r\n\r\n"), "{got}");
+    assert!(!got.contains("GET /2"), "{got}");
+}
+
+#[tokio::test]
 async fn a_connection_over_max_connections_waits_for_one_to_close() {
     let b = backend("b").await;
     let toml = app_site(&b.url()).replace(

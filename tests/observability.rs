@@ -67,6 +67,38 @@ async fn scrape(gw: &Gw) -> String {
 }
 
 #[tokio::test]
+async fn a_client_body_that_breaks_off_is_counted_as_a_4xx_and_not_against_the_backend() {
+    // The backend reads the request until the gateway gives up on it, and never answers.
+    let (addr, _) = raw_backend(|_, mut tcp| async move {
+        let mut sink = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut sink).await;
+    })
+    .await;
+    let up = format!("http://{addr}");
+    let gw = gateway(&site("metrics7", &q(&up), "")).await;
+    let out = raw(
+        gw.http(),
+        b"POST /api HTTP/1.1\r\nHost: metrics7.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
+    let m = scrape_until(&gw, |m| {
+        sample(
+            m,
+            "gatehouse_requests_total",
+            &["site=\"metrics7\"", "status=\"4xx\""],
+        ) == Some(1.0)
+    })
+    .await;
+    let label = format!("upstream=\"{up}\"");
+    assert_eq!(
+        sample(&m, "gatehouse_upstream_errors_total", &[&label]),
+        None,
+        "{m}"
+    );
+}
+
+#[tokio::test]
 async fn request_counters_and_histograms_by_site_route_method_and_status() {
     let b = backend("b").await;
     let gw = gateway(&site("metrics1", &q(&b.url()), "")).await;
