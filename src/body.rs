@@ -26,11 +26,14 @@ use tokio::sync::oneshot;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How a response body ended.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BodyOutcome {
     pub bytes: u64,
     /// False when the client went away or the upstream body failed mid-way.
     pub complete: bool,
+    /// The body's own error, when it failed (a backend that broke off its body), as opposed to
+    /// a client that went away.
+    pub failure: Option<String>,
 }
 
 /// Called once when a response body ends.
@@ -109,11 +112,12 @@ impl Body {
         self.done = Some(f);
     }
 
-    fn finish(&mut self, complete: bool) {
+    fn finish(&mut self, complete: bool, failure: Option<String>) {
         if let Some(f) = self.done.take() {
             f(BodyOutcome {
                 bytes: self.sent,
                 complete,
+                failure,
             });
         }
     }
@@ -122,7 +126,7 @@ impl Body {
 impl Drop for Body {
     fn drop(&mut self) {
         let complete = self.is_end_stream();
-        self.finish(complete);
+        self.finish(complete, None);
     }
 }
 
@@ -148,11 +152,14 @@ impl HttpBody for Body {
                     this.sent += d.len() as u64;
                 }
                 if this.is_end_stream() {
-                    this.finish(true);
+                    this.finish(true, None);
                 }
             }
-            Poll::Ready(None) => this.finish(true),
-            Poll::Ready(Some(Err(_))) => this.finish(false),
+            Poll::Ready(None) => this.finish(true, None),
+            Poll::Ready(Some(Err(e))) => {
+                let failure = crate::proxy::error_chain(e.as_ref());
+                this.finish(false, Some(failure));
+            }
             Poll::Pending => {}
         }
         polled

@@ -371,6 +371,11 @@ pub fn response_body_len(method: &Method, head: &Head) -> Result<BodyLen, H1Erro
     })
 }
 
+/// Whether a head has both Transfer-Encoding and Content-Length (RFC 9112 §6.3 rule 3).
+pub fn framed_twice(head: &Head) -> bool {
+    head.framing.te_chunked.is_some() && head.framing.length != Length::Absent
+}
+
 /// Whether the connection may carry another request after this response (RFC 9112 §9.3).
 pub fn keep_alive(head: &Head) -> bool {
     let f = &head.framing;
@@ -765,6 +770,18 @@ mod tests {
     fn body_len_chunked_wins_over_content_length() {
         let h = head("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert_eq!(response_body_len(&Method::GET, &h), Ok(BodyLen::Chunked));
+    }
+
+    #[test]
+    fn framed_twice_is_transfer_encoding_and_content_length_together() {
+        let both = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(framed_twice(&head(both)));
+        assert!(!framed_twice(&head(
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n"
+        )));
+        assert!(!framed_twice(&head(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )));
     }
 
     #[test]

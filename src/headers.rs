@@ -132,8 +132,15 @@ fn strip(headers: &mut HeaderMap, keep_trailer: bool) -> HopInfo {
             .then(|| headers.get(header::UPGRADE).cloned())
             .flatten(),
     };
+    // RFC 9112 §6.3 rule 3: Transfer-Encoding overrides Content-Length, and a message framed
+    // both ways must not be forwarded with its Content-Length (the body we send is the decoded
+    // one, framed anew).
+    let reframed = headers.contains_key(header::TRANSFER_ENCODING);
     remove_where(headers, |k| {
-        hop(k) || (close_listed && k.as_str() == "close") || listed.contains(k)
+        hop(k)
+            || (close_listed && k.as_str() == "close")
+            || listed.contains(k)
+            || (reframed && k == header::CONTENT_LENGTH)
     });
     info
 }
@@ -548,6 +555,25 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("user-agent"));
+    }
+
+    #[test]
+    fn content_length_beside_transfer_encoding_is_removed_rfc9112_6_3() {
+        let mut h = map(&[
+            ("content-length", "100"),
+            ("transfer-encoding", "chunked"),
+            ("x-kept", "1"),
+        ]);
+        strip_hop_by_hop_keep_trailer(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn content_length_alone_stays() {
+        let mut h = map(&[("content-length", "100"), ("connection", "keep-alive")]);
+        strip_hop_by_hop_keep_trailer(&mut h);
+        assert_eq!(h.get("content-length").unwrap(), "100");
     }
 
     #[test]

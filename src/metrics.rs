@@ -126,7 +126,7 @@ fn describe() {
     );
     describe_counter!(
         UPSTREAM_ERRORS,
-        "Failed upstream calls, by upstream and kind (refused, connect_timeout, timeout, reset, tls, dns)"
+        "Failed upstream calls, by upstream and kind (refused, connect_timeout, timeout, reset, tls, dns, error; body: a response body broken off after its head)"
     );
     describe_gauge!(
         UPSTREAM_OPEN_CONNECTIONS,

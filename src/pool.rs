@@ -408,7 +408,12 @@ impl Pool {
                 };
                 let len = h1::response_body_len(&method, &resp).map_err(SendError::Protocol)?;
                 // An unfinished request body leaves the connection mid-message: close it after.
-                let keep = h1::keep_alive(&resp) && body_sent && len != BodyLen::UntilClose;
+                // So does a response framed two ways (RFC 9112 §6.3 rule 3: "ought to be handled
+                // as an error"; it may be an attempt at response splitting).
+                let keep = h1::keep_alive(&resp)
+                    && body_sent
+                    && len != BodyLen::UntilClose
+                    && !h1::framed_twice(&resp);
                 let mut out = Response::new(());
                 *out.status_mut() = resp.status;
                 *out.version_mut() = resp.version;

@@ -222,6 +222,14 @@ struct Finish {
 impl Finish {
     fn done(self, outcome: crate::body::BodyOutcome) {
         let elapsed = self.started.elapsed();
+        if let (Some(error), Some(up)) = (&outcome.failure, &self.upstream) {
+            // The backend broke off its body (closed early, a malformed chunk) after the head
+            // was sent: the client can only be given a cut-off response. nginx logs "upstream
+            // prematurely closed connection" at `error` for the same.
+            let backend = up.active.label();
+            tracing::warn!(backend, bytes_sent = outcome.bytes, %error, "the backend's response body failed; the response is cut off");
+            crate::metrics::upstream_error(backend, "body");
+        }
         let bytes_in = self
             .upstream
             .as_ref()

@@ -99,6 +99,50 @@ async fn a_client_body_that_breaks_off_is_counted_as_a_4xx_and_not_against_the_b
 }
 
 #[tokio::test]
+async fn a_backend_body_that_breaks_off_is_counted_against_the_backend() {
+    // Ten bytes promised, three sent, then the backend closes: the client's response is cut off
+    // (its head was sent), and the backend gets an error of kind `body`.
+    let (addr, _) = raw_backend(|_, mut tcp| async move {
+        read_head(&mut tcp).await;
+        let _ = tokio::io::AsyncWriteExt::write_all(
+            &mut tcp,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+        )
+        .await;
+    })
+    .await;
+    let up = format!("http://{addr}");
+    let gw = gateway(&site("metrics8", &q(&up), "")).await;
+    let out = raw(
+        gw.http(),
+        b"GET /api HTTP/1.1\r\nHost: metrics8.test\r\n\r\n",
+    )
+    .await;
+    // Whatever reached the client cannot pass for a whole response: the length stays 10.
+    if let Some((head, body)) = out.split_once("\r\n\r\n") {
+        assert!(
+            head.to_ascii_lowercase().contains("content-length: 10"),
+            "{out}"
+        );
+        assert!(body.len() < 10, "{out}");
+    }
+    let label = format!("upstream=\"{up}\"");
+    let m = scrape_until(&gw, |m| {
+        sample(
+            m,
+            "gatehouse_upstream_errors_total",
+            &[&label, "kind=\"body\""],
+        ) == Some(1.0)
+    })
+    .await;
+    assert_eq!(
+        sample(&m, "gatehouse_requests_total", &["site=\"metrics8\""]),
+        Some(1.0),
+        "{m}"
+    );
+}
+
+#[tokio::test]
 async fn request_counters_and_histograms_by_site_route_method_and_status() {
     let b = backend("b").await;
     let gw = gateway(&site("metrics1", &q(&b.url()), "")).await;

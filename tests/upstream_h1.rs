@@ -75,6 +75,26 @@ async fn a_body_delimited_by_close_is_read_to_the_end_and_its_connection_not_reu
 }
 
 #[tokio::test]
+async fn a_response_framed_two_ways_is_read_as_chunked_without_its_length_and_not_reused() {
+    // RFC 9112 §6.3 rule 3: Transfer-Encoding wins, the Content-Length is not passed on (the
+    // client would wait for 100 bytes), and the connection is not trusted with another request.
+    let (addr, conns) = raw_backend(|_, tcp| {
+        answer_each(
+            tcp,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        )
+    })
+    .await;
+    let gw = gateway_one_worker(&app_site(&format!("http://{addr}"))).await;
+    for _ in 0..2 {
+        let r = get(gw.http(), "app.example.com", "/").await;
+        assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "abc"));
+        assert_ne!(r.header("content-length"), Some("100"));
+    }
+    assert_eq!(conns.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
 async fn interim_100_and_103_responses_are_skipped() {
     let (addr, _) = raw_backend(|_, mut tcp| async move {
         read_head(&mut tcp).await;
