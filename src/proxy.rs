@@ -227,7 +227,8 @@ impl Finish {
             // was sent: the client can only be given a cut-off response. nginx logs "upstream
             // prematurely closed connection" at `error` for the same.
             let backend = up.active.label();
-            tracing::warn!(backend, bytes_sent = outcome.bytes, %error, "the backend's response body failed; the response is cut off");
+            let route = self.route.as_ref().map(|r| &*r.id).unwrap_or("-");
+            tracing::warn!(method = %self.method, route, status = self.status.as_u16(), backend, bytes_sent = outcome.bytes, %error, "the backend's response body failed; the response is cut off");
             crate::metrics::upstream_error(backend, "body");
         }
         let bytes_in = self
