@@ -11,12 +11,18 @@
 //! [`UpstreamBody`] is every request body we send upstream: the client's body streamed with a
 //! size limit (`max_body`) and a signal when it is complete, which starts the response timeout.
 //!
+//! Both directions bound the wait for a body's next bytes (`body_timeout`, [`Stall`]): a client
+//! that stops sending its body mid-way, or a backend that stops mid-response, is given up on
+//! rather than held forever.
+//!
 //! An enum rather than a boxed trait object, so the common cases cost no allocation.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
@@ -60,6 +66,8 @@ pub struct UpstreamUsed {
 pub struct Body {
     kind: Kind,
     sent: u64,
+    /// An upstream's body: how long it may go without sending.
+    stall: Option<Stall>,
     done: Option<Completion>,
     /// Set by the upstream paths; taken by the completion hook.
     pub used: Option<UpstreamUsed>,
@@ -84,13 +92,14 @@ impl Body {
     }
 
     /// An upstream response body, from either upstream path, with what the completion hook
-    /// records about the upstream.
-    pub fn upstream(u: crate::proxy::UpResp, used: UpstreamUsed) -> Body {
+    /// records about the upstream, and how long it may go without a byte (`body_timeout`).
+    pub fn upstream(u: crate::proxy::UpResp, used: UpstreamUsed, body_timeout: Duration) -> Body {
         let mut b = match u {
             crate::proxy::UpResp::Legacy(i) => Body::incoming(i),
             crate::proxy::UpResp::Pooled(p) => Body::from_kind(Kind::Pooled(p)),
         };
         b.used = Some(used);
+        b.stall = Some(Stall::new(body_timeout));
         b
     }
 
@@ -102,6 +111,7 @@ impl Body {
         Body {
             kind,
             sent: 0,
+            stall: None,
             done: None,
             used: None,
         }
@@ -139,13 +149,27 @@ impl HttpBody for Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let polled: Poll<Option<Result<Frame<Bytes>, BoxError>>> = match &mut this.kind {
+        let mut polled: Poll<Option<Result<Frame<Bytes>, BoxError>>> = match &mut this.kind {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Incoming(i) => Pin::new(i).poll_frame(cx).map_err(|e| e.into()),
             Kind::Pooled(p) => Pin::new(p).poll_frame(cx).map_err(|e| e.into()),
             Kind::Stream(s) => s.as_mut().poll_frame(cx),
         };
+        if let Some(stall) = &mut this.stall {
+            if polled.is_pending() {
+                if stall.poll_expired(cx).is_ready() {
+                    // Dropping the upstream's body closes its connection (it is mid-message).
+                    this.kind = Kind::Empty;
+                    polled = Poll::Ready(Some(Err(Box::new(Stalled {
+                        who: "the backend",
+                        limit: stall.limit,
+                    }))));
+                }
+            } else {
+                stall.progress();
+            }
+        }
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
@@ -228,6 +252,8 @@ impl HttpBody for ReqBody {
 pub struct RequestBodyStats {
     pub bytes: AtomicU64,
     pub too_large: AtomicBool,
+    /// The client sent nothing for `body_timeout` mid-body.
+    pub stalled: AtomicBool,
     /// The client's side of the body failed (a malformed chunk, a connection or stream closed
     /// mid-body): the upstream call fails because of the client, not the backend.
     pub client_failed: AtomicBool,
@@ -245,6 +271,7 @@ pub struct UpstreamBody {
     stats: Arc<RequestBodyStats>,
     /// Fired when the body is complete: the response timeout starts then.
     finished: Option<oneshot::Sender<()>>,
+    stall: Stall,
 }
 
 impl UpstreamBody {
@@ -254,12 +281,15 @@ impl UpstreamBody {
             limit: u64::MAX,
             stats: Arc::default(),
             finished: None,
+            stall: Stall::new(Duration::MAX),
         }
     }
 
+    /// The client's body, at most `limit` bytes, with at most `body_timeout` between bytes.
     pub fn new(
         inner: ReqBody,
         limit: u64,
+        body_timeout: Duration,
         stats: Arc<RequestBodyStats>,
         finished: Option<oneshot::Sender<()>>,
     ) -> UpstreamBody {
@@ -268,6 +298,7 @@ impl UpstreamBody {
             limit,
             stats,
             finished,
+            stall: Stall::new(body_timeout),
         }
     }
 
@@ -292,6 +323,7 @@ impl HttpBody for UpstreamBody {
         };
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                this.stall.progress();
                 if let Some(d) = frame.data_ref() {
                     let total = this
                         .stats
@@ -318,7 +350,17 @@ impl HttpBody for UpstreamBody {
                 this.inner = None;
                 Poll::Ready(Some(Err(e.into())))
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                if this.stall.poll_expired(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.stats.stalled.store(true, Ordering::Relaxed);
+                this.inner = None;
+                Poll::Ready(Some(Err(Box::new(Stalled {
+                    who: "the client",
+                    limit: this.stall.limit,
+                }))))
+            }
         }
     }
 
@@ -331,5 +373,56 @@ impl HttpBody for UpstreamBody {
             .as_ref()
             .map(|i| i.size_hint())
             .unwrap_or_else(|| SizeHint::with_exact(0))
+    }
+}
+
+/// A body that went `limit` without sending anything (`body_timeout`).
+#[derive(Debug, thiserror::Error)]
+#[error("{who} sent no body bytes for {limit:?} (body_timeout)")]
+pub struct Stalled {
+    pub who: &'static str,
+    pub limit: Duration,
+}
+
+/// The wait for a body's next bytes, bounded.
+///
+/// The timer is armed the first time the body has nothing ready, and moved on only when bytes
+/// came in since, so a wake-up without progress never pushes the deadline back; a body that
+/// is always ready (most small ones) never arms it.
+struct Stall {
+    limit: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    progressed: bool,
+}
+
+impl Stall {
+    fn new(limit: Duration) -> Stall {
+        Stall {
+            limit,
+            timer: None,
+            progressed: false,
+        }
+    }
+
+    fn progress(&mut self) {
+        self.progressed = true;
+    }
+
+    /// Called when the body has nothing ready: `Ready` once nothing came for `limit`.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.limit == Duration::MAX {
+            return Poll::Pending;
+        }
+        let deadline = || tokio::time::Instant::now() + self.limit;
+        match &mut self.timer {
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline()))),
+            Some(t) if self.progressed => t.as_mut().reset(deadline()),
+            Some(_) => {}
+        }
+        self.progressed = false;
+        match &mut self.timer {
+            Some(t) => t.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
     }
 }

@@ -424,6 +424,7 @@ pub(crate) async fn handle(
         out,
         body,
         opts.timeouts.response,
+        opts.timeouts.body,
         opts.limits.max_body,
     )
     .await
@@ -442,7 +443,7 @@ pub(crate) async fn handle(
                     }
                 }
             }
-            resp.map(|b| Body::upstream(b, used))
+            resp.map(|b| Body::upstream(b, used, opts.timeouts.body))
         }
         Err(e) => {
             tracing::warn!(peer = %cx.conn.peer, route = %route.id, error = %e, "Clerk FAPI request failed");

@@ -39,6 +39,9 @@ pub enum ProxyError {
     /// answers 400 "client sent invalid chunked body"; it reads the body before connecting).
     #[error("the request body was cut short or malformed: {0}")]
     BadBody(String),
+    /// The client stopped sending its body mid-way (nginx's `client_body_timeout`: 408).
+    #[error("the client sent no request body bytes for {0} ms (body_timeout)")]
+    BodyTimeout(u128),
     #[error("every backend of the route is cooling off after failures")]
     NoBackend,
     #[error("backend {backend}: {kind}: {detail}", kind = .kind.label())]
@@ -67,6 +70,7 @@ impl ProxyError {
             Misdirected => StatusCode::MISDIRECTED_REQUEST,
             HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             NoBackend => StatusCode::SERVICE_UNAVAILABLE,
             Upstream {
                 kind: FailureKind::ConnectTimeout,
@@ -94,6 +98,7 @@ impl ProxyError {
             HeadersTooLarge => "the request headers are too large",
             BodyTooLarge(_) => "the request body is too large",
             BadBody(_) => "the request body was cut short or malformed",
+            BodyTimeout(_) => "the request body stopped arriving",
             NoBackend => "no backend is available",
             Upstream {
                 kind: FailureKind::ConnectTimeout,
@@ -132,6 +137,7 @@ mod tests {
             (ProxyError::BadPath(PathError::AboveRoot), 400),
             (ProxyError::AmbiguousPath, 400),
             (ProxyError::BadBody(String::new()), 400),
+            (ProxyError::BodyTimeout(60_000), 408),
             (ProxyError::NoSite, 404),
             (ProxyError::NoRoute, 404),
             (ProxyError::Misdirected, 421),

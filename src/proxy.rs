@@ -276,8 +276,9 @@ impl Finish {
     }
 }
 
-/// A short plain-text error response. On HTTP/1, a 413 also closes the connection so the unread
-/// body is not parsed as the next request.
+/// A short plain-text error response. On HTTP/1, an answer to a body not read to its end (413,
+/// a broken or stalled body) also closes the connection, so the rest is not parsed as the next
+/// request; so does one to a head that cannot be trusted.
 pub fn error_response(e: &ProxyError, is_h1: bool) -> Response<Body> {
     let status = e.status();
     let text = format!(
@@ -298,6 +299,8 @@ pub fn error_response(e: &ProxyError, is_h1: bool) -> Response<Body> {
         && matches!(
             e,
             ProxyError::BodyTooLarge(_)
+                | ProxyError::BadBody(_)
+                | ProxyError::BodyTimeout(_)
                 | ProxyError::BadPath(_)
                 | ProxyError::BadHost
                 | ProxyError::DuplicateHost
@@ -589,7 +592,15 @@ fn to_upstream(
             mut resp,
             backend,
             used,
-        } = forward(up, out, body, opts.timeouts.response, opts.limits.max_body).await?;
+        } = forward(
+            up,
+            out,
+            body,
+            opts.timeouts.response,
+            opts.timeouts.body,
+            opts.limits.max_body,
+        )
+        .await?;
 
         if let Some(client_on) = upgrade {
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -606,7 +617,7 @@ fn to_upstream(
             }
         }
         headers::strip_hop_by_hop_keep_trailer(resp.headers_mut());
-        Ok(resp.map(|b| Body::upstream(b, used)))
+        Ok(resp.map(|b| Body::upstream(b, used, opts.timeouts.body)))
     }
 }
 
@@ -698,6 +709,7 @@ pub(crate) fn forward<'a>(
     mut out: Outgoing<'a>,
     body: ReqBody,
     response_timeout: std::time::Duration,
+    body_timeout: std::time::Duration,
     max_body: u64,
 ) -> impl Future<Output = Result<Forwarded<'a>, ProxyError>> + 'a {
     async move {
@@ -741,9 +753,13 @@ pub(crate) fn forward<'a>(
                 (Some(t), Some(r))
             };
             let up_body = match body.take() {
-                Some(b) if !bodiless => {
-                    UpstreamBody::new(b, max_body, stats.clone().unwrap_or_default(), finished_tx)
-                }
+                Some(b) if !bodiless => UpstreamBody::new(
+                    b,
+                    max_body,
+                    body_timeout,
+                    stats.clone().unwrap_or_default(),
+                    finished_tx,
+                ),
                 _ => UpstreamBody::empty(),
             };
             let pq = if !backend.url.base_path.is_empty() {
@@ -875,6 +891,9 @@ pub(crate) fn forward<'a>(
                             return Err(ProxyError::BodyTooLarge(max_body));
                         }
                         // The client's fault: not counted against the backend.
+                        if s.stalled.load(Relaxed) {
+                            return Err(ProxyError::BodyTimeout(body_timeout.as_millis()));
+                        }
                         if s.client_failed.load(Relaxed) {
                             return Err(ProxyError::BadBody(error_chain(&e)));
                         }

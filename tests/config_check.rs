@@ -255,6 +255,22 @@ fn bad_durations_sizes_and_addresses() {
 }
 
 #[test]
+fn a_zero_timeout_is_refused_on_the_server_and_on_a_route() {
+    let (ok, _, err) = check(
+        "[server]\nhttp = \"127.0.0.1:1\"\nbody_timeout = \"0s\"\n[[site]]\nhosts = [\"a.test\"]\n[[site.route]]\nprefix = \"/\"\nupstream = \"http://127.0.0.1:2\"\nresponse_timeout = \"0ms\"\n",
+    );
+    assert!(!ok);
+    for n in [
+        "g.toml:3:16: error: server.body_timeout: must be greater than zero",
+        "g.toml:9:20: error: ",
+        "response_timeout: must be greater than zero",
+        "help: a timeout of 0 would fail every request",
+    ] {
+        assert!(err.contains(n), "missing {n:?} in:\n{err}");
+    }
+}
+
+#[test]
 fn all_errors_are_reported_in_one_pass() {
     let (ok, _, err) = check(
         r#"[server]

@@ -286,6 +286,47 @@ async fn a_chunked_body_that_breaks_off_is_400_and_never_reaches_the_backend_who
 }
 
 #[tokio::test]
+async fn a_client_that_stops_sending_its_body_gets_408_after_body_timeout() {
+    // nginx's client_body_timeout: three of ten bytes, then nothing. The answer is 408 and the
+    // connection is closed (the rest of the body would otherwise be read as a request); the
+    // backend never gets the whole body.
+    let (got_tx, got_rx) = oneshot::channel::<Vec<u8>>();
+    let got_tx = Arc::new(Mutex::new(Some(got_tx)));
+    let (addr, _) = raw_backend(move |_, mut tcp| {
+        let got_tx = got_tx.clone();
+        async move {
+            let mut got = Vec::new();
+            let _ = tcp.read_to_end(&mut got).await;
+            if let Some(tx) = got_tx.lock().unwrap().take() {
+                let _ = tx.send(got);
+            }
+        }
+    })
+    .await;
+    let toml = app_site(&format!("http://{addr}")).replace(
+        "http = \"127.0.0.1:0\"",
+        "http = \"127.0.0.1:0\"\nbody_timeout = \"200ms\"",
+    );
+    let gw = gateway(&toml).await;
+    let mut tcp = TcpStream::connect(gw.http()).await.unwrap();
+    tcp.write_all(b"POST /up HTTP/1.1\r\nHost: app.example.com\r\nContent-Length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    within("the 408 and the close", tcp.read_to_end(&mut out))
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 408 "), "{out}");
+    assert!(out.contains("stopped arriving"), "{out}");
+    let got = within("the backend's side to close", got_rx).await.unwrap();
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("POST /up "), "{got}");
+    let body = got.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    assert!(body.len() < 10, "{got}");
+}
+
+#[tokio::test]
 async fn a_connection_over_max_connections_waits_for_one_to_close() {
     let b = backend("b").await;
     let toml = app_site(&b.url()).replace(

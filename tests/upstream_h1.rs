@@ -94,6 +94,69 @@ async fn a_response_framed_two_ways_is_read_as_chunked_without_its_length_and_no
     assert_eq!(conns.load(Ordering::SeqCst), 2);
 }
 
+/// `app_site` with a `body_timeout` on its route.
+fn site_with_body_timeout(upstream: &str, timeout: &str) -> String {
+    app_site(upstream).replace(
+        "  upstream = ",
+        &format!("  body_timeout = \"{timeout}\"\n  upstream = "),
+    )
+}
+
+#[tokio::test]
+async fn a_backend_that_stalls_mid_body_is_given_up_on_after_body_timeout() {
+    // nginx's proxy_read_timeout: the backend sends three of ten bytes and then nothing, with
+    // its connection open. The client gets the cut-off response and a closed connection.
+    let (addr, conns) = raw_backend(|_, mut tcp| async move {
+        read_head(&mut tcp).await;
+        tcp.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+            .await
+            .unwrap();
+        // Hold the connection until the gateway closes it.
+        let mut rest = Vec::new();
+        let _ = tcp.read_to_end(&mut rest).await;
+    })
+    .await;
+    let gw = gateway_one_worker(&site_with_body_timeout(&format!("http://{addr}"), "200ms")).await;
+    let out = raw(
+        gw.http(),
+        b"GET / HTTP/1.1\r\nHost: app.example.com\r\n\r\n",
+    )
+    .await;
+    if let Some((head, body)) = out.split_once("\r\n\r\n") {
+        assert!(head.contains("content-length: 10"), "{out}");
+        assert!(body.len() < 10, "{out}");
+    }
+    // The stalled connection was closed, not pooled: the next request opens another.
+    let again = raw(
+        gw.http(),
+        b"GET / HTTP/1.1\r\nHost: app.example.com\r\n\r\n",
+    )
+    .await;
+    assert!(!again.ends_with("abcdefghij"), "{again}");
+    assert_eq!(conns.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_body_that_keeps_coming_is_never_cut_by_body_timeout() {
+    // Six pieces 100 ms apart (600 ms in all) under a 500 ms limit: the limit is between two
+    // pieces, not on the whole body.
+    let (addr, _) = raw_backend(|_, mut tcp| async move {
+        read_head(&mut tcp).await;
+        tcp.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+        for _ in 0..6 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            tcp.write_all(b"1\r\nx\r\n").await.unwrap();
+        }
+        tcp.write_all(b"0\r\n\r\n").await.unwrap();
+    })
+    .await;
+    let gw = gateway_one_worker(&site_with_body_timeout(&format!("http://{addr}"), "500ms")).await;
+    let r = get(gw.http(), "app.example.com", "/").await;
+    assert_eq!(r.text(), "xxxxxx");
+}
+
 #[tokio::test]
 async fn interim_100_and_103_responses_are_skipped() {
     let (addr, _) = raw_backend(|_, mut tcp| async move {

@@ -131,6 +131,21 @@ impl Builder<'_> {
         }
     }
 
+    /// A timeout of zero is refused where it was written.
+    fn nonzero(&mut self, d: Duration, v: &Option<Spanned<String>>, key: &str) {
+        if d.is_zero() {
+            self.c.error(
+                v.as_ref().map(|v| v.span()),
+                key,
+                "must be greater than zero",
+                Some(
+                    "a timeout of 0 would fail every request; use a duration such as \"30s\""
+                        .into(),
+                ),
+            );
+        }
+    }
+
     fn size(&mut self, v: &Option<Spanned<RawSize>>, key: &str, default: u64) -> u64 {
         let Some(v) = v else { return default };
         let parsed = match v.get_ref() {
@@ -217,6 +232,11 @@ impl Builder<'_> {
                 "server.response_timeout",
                 defaults::RESPONSE_TIMEOUT,
             ),
+            body: self.duration(
+                &s.body_timeout,
+                "server.body_timeout",
+                defaults::BODY_TIMEOUT,
+            ),
             idle: self.duration(
                 &s.idle_timeout,
                 "server.idle_timeout",
@@ -267,6 +287,7 @@ impl Builder<'_> {
                 &s.response_timeout,
                 "server.response_timeout",
             ),
+            (timeouts.body, &s.body_timeout, "server.body_timeout"),
             (timeouts.idle, &s.idle_timeout, "server.idle_timeout"),
             (
                 header_read_timeout,
@@ -279,17 +300,7 @@ impl Builder<'_> {
                 "server.tls_handshake_timeout",
             ),
         ] {
-            if d.is_zero() {
-                self.c.error(
-                    v.as_ref().map(|v| v.span()),
-                    key,
-                    "must be greater than zero",
-                    Some(
-                        "a timeout of 0 would fail every request; use a duration such as \"30s\""
-                            .into(),
-                    ),
-                );
-            }
+            self.nonzero(d, v, key);
         }
         let max_connections = match &s.max_connections {
             Some(v) if *v.get_ref() < 1 => {
@@ -1314,12 +1325,25 @@ impl Builder<'_> {
                 &format!("{key}.response_timeout"),
                 server.timeouts.response,
             ),
+            body: self.duration(
+                &r.body_timeout,
+                &format!("{key}.body_timeout"),
+                server.timeouts.body,
+            ),
             idle: self.duration(
                 &r.idle_timeout,
                 &format!("{key}.idle_timeout"),
                 server.timeouts.idle,
             ),
         };
+        for (d, v, name) in [
+            (timeouts.connect, &r.connect_timeout, "connect_timeout"),
+            (timeouts.response, &r.response_timeout, "response_timeout"),
+            (timeouts.body, &r.body_timeout, "body_timeout"),
+            (timeouts.idle, &r.idle_timeout, "idle_timeout"),
+        ] {
+            self.nonzero(d, v, &format!("{key}.{name}"));
+        }
         let limits = Limits {
             max_request_header_bytes: self.size(
                 &r.max_request_header_bytes,

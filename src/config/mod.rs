@@ -35,6 +35,8 @@ pub mod defaults {
     pub const CONFIG_PATH: &str = "/etc/gatehouse/gatehouse.toml";
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// nginx's `client_body_timeout` and `proxy_read_timeout`.
+    pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
     pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -137,6 +139,9 @@ pub struct Timeouts {
     pub connect: Duration,
     /// From the end of the request body to the upstream's response headers.
     pub response: Duration,
+    /// The longest a request or response body may go without a byte arriving (nginx's
+    /// `client_body_timeout` and `proxy_read_timeout` between two reads).
+    pub body: Duration,
     /// Idle keep-alive, both toward clients and in the upstream pool.
     pub idle: Duration,
 }

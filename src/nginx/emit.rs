@@ -191,6 +191,9 @@ fn route(o: &mut String, r: &Route) {
     if let Some(t) = &r.response_timeout {
         let _ = writeln!(o, "  response_timeout = {}", q(t));
     }
+    if let Some(t) = &r.body_timeout {
+        let _ = writeln!(o, "  body_timeout = {}", q(t));
+    }
     if !r.request_set.is_empty() && matches!(r.target, Target::Upstream(_)) {
         let _ = writeln!(
             o,

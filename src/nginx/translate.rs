@@ -72,6 +72,7 @@ pub struct Route {
     pub max_body: Option<String>,
     pub connect_timeout: Option<String>,
     pub response_timeout: Option<String>,
+    pub body_timeout: Option<String>,
     pub request_set: Vec<(String, String)>,
     pub response_set: Vec<(String, String)>,
     pub response_remove: Vec<String>,
@@ -342,7 +343,7 @@ impl Tr<'_> {
             "proxy_read_timeout" => {
                 match d.arg(0).and_then(nginx_time) {
                     Some(t) => {
-                        self.note(d, Outcome::Approximated, &format!("response_timeout = \"{t}\": nginx limits the time between two reads of the response; Gatehouse limits the time to the response headers (bodies may stream as long as they like)"));
+                        self.note(d, Outcome::Translated, &format!("response_timeout and body_timeout = \"{t}\": the wait for the response headers, and between two reads of the response body"));
                         inh.read_timeout = Some(t);
                     }
                     None => self.note(d, Outcome::LeftOut, "cannot read the time"),
@@ -475,8 +476,12 @@ impl Tr<'_> {
                 );
                 true
             }
-            "proxy_send_timeout" | "send_timeout" | "client_body_timeout" => {
-                self.note(d, Outcome::LeftOut, "no equivalent: Gatehouse bounds idle connections (idle_timeout) and the wait for response headers (response_timeout)");
+            "client_body_timeout" => {
+                self.note(d, Outcome::Approximated, "body_timeout (default 60s) bounds the wait between two reads of either body, the client's and the backend's; set it by hand if needed");
+                true
+            }
+            "proxy_send_timeout" | "send_timeout" => {
+                self.note(d, Outcome::LeftOut, "no equivalent: Gatehouse bounds idle connections (idle_timeout), the wait for response headers (response_timeout) and for a body's next bytes (body_timeout), not the wait for a peer to accept what is written");
                 true
             }
             "keepalive_timeout" => {
@@ -1383,6 +1388,7 @@ impl Tr<'_> {
             max_body: None,
             connect_timeout: None,
             response_timeout: None,
+            body_timeout: None,
             request_set: Vec::new(),
             response_set: Vec::new(),
             response_remove: Vec::new(),
@@ -1402,6 +1408,7 @@ impl Tr<'_> {
         ) {
             r.connect_timeout = inh.connect_timeout.clone();
             r.response_timeout = inh.read_timeout.clone();
+            r.body_timeout = inh.read_timeout.clone();
         }
         r.response_set = inh
             .add_header
@@ -1457,6 +1464,7 @@ impl Tr<'_> {
                     max_body: None,
                     connect_timeout: None,
                     response_timeout: None,
+                    body_timeout: None,
                     request_set: Vec::new(),
                     response_set: Vec::new(),
                     response_remove: Vec::new(),
