@@ -384,19 +384,20 @@ pub struct Stalled {
     pub limit: Duration,
 }
 
-/// The wait for a body's next bytes, bounded.
+/// The wait for a body's next bytes (or, in `server::TrackedIo`, for a client to take what is
+/// written), bounded.
 ///
 /// The timer is armed the first time the body has nothing ready, and moved on only when bytes
 /// came in since, so a wake-up without progress never pushes the deadline back; a body that
 /// is always ready (most small ones) never arms it.
-struct Stall {
-    limit: Duration,
+pub(crate) struct Stall {
+    pub(crate) limit: Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     progressed: bool,
 }
 
 impl Stall {
-    fn new(limit: Duration) -> Stall {
+    pub(crate) fn new(limit: Duration) -> Stall {
         Stall {
             limit,
             timer: None,
@@ -404,12 +405,12 @@ impl Stall {
         }
     }
 
-    fn progress(&mut self) {
+    pub(crate) fn progress(&mut self) {
         self.progressed = true;
     }
 
     /// Called when the body has nothing ready: `Ready` once nothing came for `limit`.
-    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if self.limit == Duration::MAX {
             return Poll::Pending;
         }

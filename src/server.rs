@@ -166,10 +166,32 @@ impl Drop for ActivityGuard {
     }
 }
 
-/// A stream that reports reads to its connection's [`Activity`].
+/// A stream that reports reads to its connection's [`Activity`], and gives up on a client that
+/// takes nothing of what is written for `body_timeout` (nginx's `send_timeout`): a write that
+/// goes out at once never touches the timer.
 pub struct TrackedIo<T> {
     inner: T,
     conn: Arc<ConnInfo>,
+    send: crate::body::Stall,
+}
+
+impl<T> TrackedIo<T> {
+    fn bounded<R>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        if r.is_ready() {
+            self.send.progress();
+            return r;
+        }
+        if self.send.poll_expired(cx).is_pending() {
+            return Poll::Pending;
+        }
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the client took nothing written for {:?} (body_timeout)",
+                self.send.limit
+            ),
+        )))
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
@@ -206,20 +228,24 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.bounded(cx, r)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.bounded(cx, r)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let r = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.bounded(cx, r)
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.bounded(cx, r)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -686,6 +712,8 @@ fn conn_info(peer: SocketAddr, local: SocketAddr, tls: Tls, h2: bool) -> Arc<Con
 struct Limits {
     idle: Duration,
     header_read: Duration,
+    /// How long a client may take nothing of what is written (`body_timeout`).
+    send: Duration,
     handshake: Duration,
     max_header: u64,
     /// An idle HTTP/1.1 connection may be parked (plain TCP with a lot to park in).
@@ -699,6 +727,7 @@ impl Limits {
         Limits {
             idle: server.timeouts.idle,
             header_read: server.header_read_timeout,
+            send: server.timeouts.body,
             handshake: server.tls_handshake_timeout,
             max_header: server.limits.max_request_header_bytes,
             park,
@@ -745,6 +774,7 @@ where
     let tracked = TrackedIo {
         inner: stream,
         conn: conn.clone(),
+        send: crate::body::Stall::new(limits.send),
     };
     if h2 {
         let served = serve_h2(tracked, read, conn, ctx, limits);

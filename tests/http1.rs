@@ -327,6 +327,51 @@ async fn a_client_that_stops_sending_its_body_gets_408_after_body_timeout() {
 }
 
 #[tokio::test]
+async fn a_client_that_stops_reading_is_closed_after_body_timeout() {
+    // nginx's send_timeout: the backend offers 1 GiB, the client reads none of it. Once the
+    // buffers between them are full, the gateway waits body_timeout for the client, then closes
+    // both sides; the backend sees its write fail.
+    let (failed_tx, failed_rx) = oneshot::channel::<()>();
+    let failed_tx = Arc::new(Mutex::new(Some(failed_tx)));
+    let (addr, _) = raw_backend(move |_, mut tcp| {
+        let failed_tx = failed_tx.clone();
+        async move {
+            read_head(&mut tcp).await;
+            let mut out = b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n".to_vec();
+            out.resize(out.len() + 65536, b'x');
+            let mut sent = 0usize;
+            while sent < 1 << 30 {
+                match tcp.write(&out).await {
+                    Ok(n) => sent += n,
+                    Err(_) => break,
+                }
+                out.truncate(65536);
+            }
+            if let Some(tx) = failed_tx.lock().unwrap().take() {
+                let _ = tx.send(());
+            }
+        }
+    })
+    .await;
+    let toml = app_site(&format!("http://{addr}")).replace(
+        "http = \"127.0.0.1:0\"",
+        "http = \"127.0.0.1:0\"\nbody_timeout = \"300ms\"",
+    );
+    let gw = gateway(&toml).await;
+    let mut tcp = TcpStream::connect(gw.http()).await.unwrap();
+    tcp.write_all(b"GET /big HTTP/1.1\r\nHost: app.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    within("the backend's write to fail", failed_rx)
+        .await
+        .unwrap();
+    // What was buffered on the way is there to read, and then the connection ends, short.
+    let mut got = Vec::new();
+    let _ = within("the close", tcp.read_to_end(&mut got)).await;
+    assert!(got.len() < 1 << 30, "{}", got.len());
+}
+
+#[tokio::test]
 async fn a_connection_over_max_connections_waits_for_one_to_close() {
     let b = backend("b").await;
     let toml = app_site(&b.url()).replace(

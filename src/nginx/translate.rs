@@ -476,12 +476,12 @@ impl Tr<'_> {
                 );
                 true
             }
-            "client_body_timeout" => {
-                self.note(d, Outcome::Approximated, "body_timeout (default 60s) bounds the wait between two reads of either body, the client's and the backend's; set it by hand if needed");
+            "client_body_timeout" | "send_timeout" => {
+                self.note(d, Outcome::Approximated, "body_timeout (default 60s) bounds the wait between two reads of either body and for a client to take what is written; set it by hand if needed");
                 true
             }
-            "proxy_send_timeout" | "send_timeout" => {
-                self.note(d, Outcome::LeftOut, "no equivalent: Gatehouse bounds idle connections (idle_timeout), the wait for response headers (response_timeout) and for a body's next bytes (body_timeout), not the wait for a peer to accept what is written");
+            "proxy_send_timeout" => {
+                self.note(d, Outcome::LeftOut, "no equivalent: Gatehouse does not bound the wait for a backend to take the request body it is sent");
                 true
             }
             "keepalive_timeout" => {
