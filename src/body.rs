@@ -254,6 +254,9 @@ pub struct RequestBodyStats {
     pub too_large: AtomicBool,
     /// The client sent nothing for `body_timeout` mid-body.
     pub stalled: AtomicBool,
+    /// The body's last poll found nothing from the client yet: a body that stops moving now is
+    /// the client's doing, not the backend's.
+    pub awaiting_client: AtomicBool,
     /// The client's side of the body failed (a malformed chunk, a connection or stream closed
     /// mid-body): the upstream call fails because of the client, not the backend.
     pub client_failed: AtomicBool,
@@ -324,6 +327,7 @@ impl HttpBody for UpstreamBody {
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.stall.progress();
+                this.stats.awaiting_client.store(false, Ordering::Relaxed);
                 if let Some(d) = frame.data_ref() {
                     let total = this
                         .stats
@@ -351,6 +355,7 @@ impl HttpBody for UpstreamBody {
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Pending => {
+                this.stats.awaiting_client.store(true, Ordering::Relaxed);
                 if this.stall.poll_expired(cx).is_pending() {
                     return Poll::Pending;
                 }

@@ -52,6 +52,9 @@ pub enum ProxyError {
     },
     #[error("backend {backend}: no response headers within {timeout_ms} ms")]
     UpstreamTimeout { backend: String, timeout_ms: u128 },
+    /// nginx's `proxy_send_timeout`: the backend stopped taking the request body.
+    #[error("backend {backend}: took no request body bytes for {timeout_ms} ms (body_timeout)")]
+    UpstreamSendTimeout { backend: String, timeout_ms: u128 },
     #[error("the upstream answered an upgrade without switching protocols")]
     UpgradeRefused,
     #[error("internal error: {0}")]
@@ -76,7 +79,8 @@ impl ProxyError {
                 kind: FailureKind::ConnectTimeout,
                 ..
             }
-            | UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            | UpstreamTimeout { .. }
+            | UpstreamSendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Upstream { .. } | UpgradeRefused => StatusCode::BAD_GATEWAY,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -104,7 +108,8 @@ impl ProxyError {
                 kind: FailureKind::ConnectTimeout,
                 ..
             }
-            | UpstreamTimeout { .. } => "the backend did not answer in time",
+            | UpstreamTimeout { .. }
+            | UpstreamSendTimeout { .. } => "the backend did not answer in time",
             Upstream { .. } | UpgradeRefused => "the backend could not be reached",
             Internal(_) => "internal error",
         }
@@ -151,6 +156,13 @@ mod tests {
             (upstream(FailureKind::ConnectTimeout), 504),
             (
                 ProxyError::UpstreamTimeout {
+                    backend: "b".into(),
+                    timeout_ms: 1,
+                },
+                504,
+            ),
+            (
+                ProxyError::UpstreamSendTimeout {
                     backend: "b".into(),
                     timeout_ms: 1,
                 },

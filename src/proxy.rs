@@ -832,10 +832,13 @@ pub(crate) fn forward<'a>(
                     if pool_times_it {
                         return std::future::pending().await;
                     }
-                    if let Some(rx) = finished_rx {
-                        let _ = rx.await;
+                    if let (Some(rx), Some(stats)) = (finished_rx, &stats) {
+                        if let Err(e) = body_taken(rx, stats, body_timeout, backend).await {
+                            return e;
+                        }
                     }
                     tokio::time::sleep(response_timeout).await;
+                    timed_out(backend, response_timeout)
                 });
                 let mut send = std::pin::pin!(async {
                     match sending {
@@ -869,7 +872,7 @@ pub(crate) fn forward<'a>(
                 tokio::select! {
                     biased;
                     r = &mut send => r,
-                    _ = &mut timer => return Err(timed_out(backend, response_timeout)),
+                    e = &mut timer => return Err(e),
                 }
             };
             match result {
@@ -916,6 +919,37 @@ pub(crate) fn forward<'a>(
                         detail: error_chain(&e),
                     });
                 }
+            }
+        }
+    }
+}
+
+/// Waits for the request body to be sent whole. The backend must take it as it comes (nginx's
+/// `proxy_send_timeout`, folded into `body_timeout`): a body that moves no byte for
+/// `body_timeout` while the client is not the one holding it back is the backend's stall. (A
+/// client that stops sending is timed by the body itself, which answers 408.)
+async fn body_taken(
+    mut finished: oneshot::Receiver<()>,
+    stats: &RequestBodyStats,
+    body_timeout: std::time::Duration,
+    backend: &Backend,
+) -> Result<(), ProxyError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut seen = stats.bytes.load(Relaxed);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut finished => return Ok(()),
+            _ = tokio::time::sleep(body_timeout) => {
+                let now = stats.bytes.load(Relaxed);
+                if now == seen && !stats.awaiting_client.load(Relaxed) {
+                    crate::metrics::upstream_error(&backend.label, "timeout");
+                    return Err(ProxyError::UpstreamSendTimeout {
+                        backend: backend.label.to_string(),
+                        timeout_ms: body_timeout.as_millis(),
+                    });
+                }
+                seen = now;
             }
         }
     }

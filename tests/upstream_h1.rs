@@ -137,6 +137,47 @@ async fn a_backend_that_stalls_mid_body_is_given_up_on_after_body_timeout() {
 }
 
 #[tokio::test]
+async fn a_backend_that_stops_taking_the_request_body_gets_504_after_body_timeout() {
+    // nginx's proxy_send_timeout: the backend reads the head and then nothing, while the client
+    // keeps sending. Once the buffers between them are full, nothing moves for body_timeout,
+    // and the client is told the backend timed out (not that it was slow itself).
+    let (addr, _) = raw_backend(|_, mut tcp| async move {
+        read_head(&mut tcp).await;
+        // Hold the connection, reading nothing, until the gateway closes it.
+        let _ = tcp.writable().await;
+        std::future::pending::<()>().await;
+    })
+    .await;
+    let gw = gateway_one_worker(&site_with_body_timeout(&format!("http://{addr}"), "300ms")).await;
+    let tcp = TcpStream::connect(gw.http()).await.unwrap();
+    let (mut rd, mut wr) = tcp.into_split();
+    let upload = tokio::spawn(async move {
+        let total: usize = 64 << 20;
+        let _ = wr
+            .write_all(
+                format!(
+                    "POST /up HTTP/1.1\r\nHost: app.example.com\r\nContent-Length: {total}\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await;
+        let chunk = vec![b'x'; 65536];
+        let mut sent = 0;
+        while sent < total {
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+            sent += chunk.len();
+        }
+    });
+    let mut head = [0u8; 64];
+    let n = within("the 504", rd.read(&mut head)).await.unwrap();
+    let head = String::from_utf8_lossy(&head[..n]);
+    assert!(head.starts_with("HTTP/1.1 504 "), "{head}");
+    upload.abort();
+}
+
+#[tokio::test]
 async fn a_body_that_keeps_coming_is_never_cut_by_body_timeout() {
     // Six pieces 100 ms apart (600 ms in all) under a 500 ms limit: the limit is between two
     // pieces, not on the whole body.

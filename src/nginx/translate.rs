@@ -476,12 +476,8 @@ impl Tr<'_> {
                 );
                 true
             }
-            "client_body_timeout" | "send_timeout" => {
-                self.note(d, Outcome::Approximated, "body_timeout (default 60s) bounds the wait between two reads of either body and for a client to take what is written; set it by hand if needed");
-                true
-            }
-            "proxy_send_timeout" => {
-                self.note(d, Outcome::LeftOut, "no equivalent: Gatehouse does not bound the wait for a backend to take the request body it is sent");
+            "client_body_timeout" | "send_timeout" | "proxy_send_timeout" => {
+                self.note(d, Outcome::Approximated, "body_timeout (default 60s) bounds every wait for a body to move: between two reads of either body, and for a client or backend to take what is written; set it by hand if needed");
                 true
             }
             "keepalive_timeout" => {
