@@ -256,19 +256,7 @@ async fn a_chunked_body_that_breaks_off_is_400_and_never_reaches_the_backend_who
     // last chunk), the client gets 400 as from nginx (the client's fault, not the backend's: no
     // upstream error is counted), and its connection is closed rather than read on from the
     // middle of a body.
-    let (got_tx, got_rx) = oneshot::channel::<Vec<u8>>();
-    let got_tx = Arc::new(Mutex::new(Some(got_tx)));
-    let (addr, _) = raw_backend(move |_, mut tcp| {
-        let got_tx = got_tx.clone();
-        async move {
-            let mut got = Vec::new();
-            let _ = tcp.read_to_end(&mut got).await;
-            if let Some(tx) = got_tx.lock().unwrap().take() {
-                let _ = tx.send(got);
-            }
-        }
-    })
-    .await;
+    let (addr, got_rx) = swallowing_backend().await;
     let gw = gateway(&app_site(&format!("http://{addr}"))).await;
     let out = raw(
         gw.http(),
@@ -290,19 +278,7 @@ async fn a_client_that_stops_sending_its_body_gets_408_after_body_timeout() {
     // nginx's client_body_timeout: three of ten bytes, then nothing. The answer is 408 and the
     // connection is closed (the rest of the body would otherwise be read as a request); the
     // backend never gets the whole body.
-    let (got_tx, got_rx) = oneshot::channel::<Vec<u8>>();
-    let got_tx = Arc::new(Mutex::new(Some(got_tx)));
-    let (addr, _) = raw_backend(move |_, mut tcp| {
-        let got_tx = got_tx.clone();
-        async move {
-            let mut got = Vec::new();
-            let _ = tcp.read_to_end(&mut got).await;
-            if let Some(tx) = got_tx.lock().unwrap().take() {
-                let _ = tx.send(got);
-            }
-        }
-    })
-    .await;
+    let (addr, got_rx) = swallowing_backend().await;
     let toml = app_site(&format!("http://{addr}")).replace(
         "http = \"127.0.0.1:0\"",
         "http = \"127.0.0.1:0\"\nbody_timeout = \"200ms\"",

@@ -637,6 +637,25 @@ where
     (addr, count)
 }
 
+/// A backend that reads its first connection to the end and answers nothing: the receiver gets
+/// every byte the gateway sent it before giving up on the request.
+pub async fn swallowing_backend() -> (SocketAddr, oneshot::Receiver<Vec<u8>>) {
+    let (tx, rx) = oneshot::channel();
+    let tx = Arc::new(Mutex::new(Some(tx)));
+    let (addr, _) = raw_backend(move |_, mut tcp| {
+        let tx = tx.clone();
+        async move {
+            let mut got = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut got).await;
+            if let Some(tx) = tx.lock().unwrap().take() {
+                let _ = tx.send(got);
+            }
+        }
+    })
+    .await;
+    (addr, rx)
+}
+
 /// Reads one request head; `None` when the peer closed first.
 pub async fn read_head(tcp: &mut TcpStream) -> Option<String> {
     let mut head = Vec::new();
