@@ -416,13 +416,13 @@ impl Stall {
 
     /// Called when the body has nothing ready: `Ready` once nothing came for `limit`.
     pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.limit == Duration::MAX {
+        // No limit (`Duration::MAX`, a body with nothing to wait for) never expires.
+        let Some(deadline) = tokio::time::Instant::now().checked_add(self.limit) else {
             return Poll::Pending;
-        }
-        let deadline = || tokio::time::Instant::now() + self.limit;
+        };
         match &mut self.timer {
-            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline()))),
-            Some(t) if self.progressed => t.as_mut().reset(deadline()),
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            Some(t) if self.progressed => t.as_mut().reset(deadline),
             Some(_) => {}
         }
         self.progressed = false;
