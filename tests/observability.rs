@@ -135,6 +135,21 @@ async fn a_backend_body_that_breaks_off_is_counted_against_the_backend() {
     .await;
 }
 
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn latency_samples_are_drained_on_a_thread_of_their_own() {
+    // The exporter's histograms keep every sample until they are drained; the drain runs on a
+    // thread named for it, not on a runtime that serves connections (bench/README.md, p99.9).
+    let _gw = gateway(&site("metrics9", "\"http://127.0.0.1:9\"", "")).await;
+    let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .collect();
+    // The kernel keeps 15 bytes of a thread's name.
+    assert!(names.iter().any(|n| n == "gatehouse-metri"), "{names:?}");
+}
+
 #[tokio::test]
 async fn request_counters_and_histograms_by_site_route_method_and_status() {
     let b = backend("b").await;
