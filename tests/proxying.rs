@@ -467,6 +467,45 @@ async fn a_large_body_streams_through_without_buffering() {
     assert_eq!(r.text(), (16u64 << 20).to_string());
 }
 
+#[tokio::test]
+async fn an_h2_upload_that_stops_gets_408_on_its_stream_after_body_timeout() {
+    // The same limit as on HTTP/1.1, on hyper's HTTP/2 path: one chunk, then the stream is held
+    // open with nothing more. The stream gets 408; the backend never sees the upload end.
+    let b = backend("b").await;
+    let gw = gateway(&one_route(
+        &format!("\"{}\"", b.url()),
+        "",
+        "body_timeout = \"300ms\"",
+    ))
+    .await;
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+    tx.send(Ok(Frame::data(Bytes::from_static(b"first"))))
+        .await
+        .unwrap();
+    let request = Request::post(format!(
+        "http://app.example.com:{}/api/up",
+        gw.http().port()
+    ))
+    .body(StreamBody::new(tokio_stream_from(rx)))
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(gw.http()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let resp = within("the 408", sender.send_request(request))
+        .await
+        .unwrap();
+    let r = collect(resp).await;
+    assert_eq!(r.status, 408, "{}", r.text());
+    assert!(r.text().contains("stopped arriving"), "{}", r.text());
+    assert!(b.requests().iter().all(|s| s.body != "first"));
+    drop(tx);
+}
+
 /// An mpsc receiver as a stream of frames.
 fn tokio_stream_from(
     mut rx: mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>,
