@@ -488,18 +488,7 @@ async fn an_h2_upload_that_stops_gets_408_on_its_stream_after_body_timeout() {
     ))
     .body(StreamBody::new(tokio_stream_from(rx)))
     .unwrap();
-    let tcp = tokio::net::TcpStream::connect(gw.http()).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    let resp = within("the 408", sender.send_request(request))
-        .await
-        .unwrap();
-    let r = collect(resp).await;
+    let r = send_h2c(gw.http(), request).await;
     assert_eq!(r.status, 408, "{}", r.text());
     assert!(r.text().contains("stopped arriving"), "{}", r.text());
     assert!(b.requests().iter().all(|s| s.body != "first"));

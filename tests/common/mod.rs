@@ -323,7 +323,12 @@ pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Reply {
 }
 
 /// Sends one request over a fresh HTTP/2 (prior knowledge, h2c) connection.
-pub async fn send_h2c(addr: SocketAddr, req: Request<Full<Bytes>>) -> Reply {
+pub async fn send_h2c<B>(addr: SocketAddr, req: Request<B>) -> Reply
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     within("an h2c response", async {
         let tcp = TcpStream::connect(addr).await.unwrap();
         let (mut sender, conn) =
