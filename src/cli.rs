@@ -35,10 +35,10 @@ pub enum Command {
     Run {
         #[command(flatten)]
         config: ConfigArg,
-        /// Log format (overrides [log] format).
+        /// Log format (overrides `format` in `[log]`).
         #[arg(long)]
         log_format: Option<LogFormatArg>,
-        /// Worker threads (overrides [server] workers; default: one per core).
+        /// Worker threads (overrides `workers` in `[server]`; default: one per core).
         #[arg(long)]
         workers: Option<usize>,
     },
@@ -69,7 +69,7 @@ pub enum Command {
 pub enum ClerkCommand {
     /// Ask Clerk's health endpoint through the public proxy URL, as Clerk's own check does.
     Verify {
-        /// The public proxy URL, e.g. https://app.example.com/__clerk
+        /// The public proxy URL, e.g. `https://app.example.com/__clerk`
         #[arg(long)]
         proxy_url: String,
         /// The domain id (dmn_...) from the Clerk Dashboard or the Backend API.
