@@ -495,6 +495,40 @@ async fn an_h2_upload_that_stops_gets_408_on_its_stream_after_body_timeout() {
     drop(tx);
 }
 
+#[tokio::test]
+async fn an_h2_backend_that_stalls_mid_stream_is_cut_off_after_body_timeout() {
+    // hyper's client path (`http2 = true`): one frame of a gRPC-style stream, then silence with
+    // the stream open. The client gets the frame and then the end of its connection, short.
+    let b = backend_h2c(Arc::new(|_req| {
+        Box::pin(async {
+            use futures_util::StreamExt as _;
+            let frames = futures_util::stream::iter([Ok::<_, std::io::Error>(Frame::data(
+                Bytes::from_static(b"first"),
+            ))])
+            .chain(futures_util::stream::pending::<
+                Result<Frame<Bytes>, std::io::Error>,
+            >());
+            Response::new(BodyExt::boxed(StreamBody::new(frames)))
+        })
+    }))
+    .await;
+    let gw = gateway(&one_route(
+        &format!("\"{}\"", b.url()),
+        "",
+        "http2 = true\n  body_timeout = \"300ms\"",
+    ))
+    .await;
+    let out = raw(
+        gw.http(),
+        b"GET /api/stream HTTP/1.1\r\nHost: app.example.com\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
+    assert!(out.contains("first"), "{out}");
+    // Chunked, and never its last chunk: the client can tell the stream did not end.
+    assert!(!out.ends_with("0\r\n\r\n"), "{out}");
+}
+
 /// An mpsc receiver as a stream of frames.
 fn tokio_stream_from(
     mut rx: mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>,
