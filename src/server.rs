@@ -12,7 +12,9 @@
 //! keep-alive connection is idle, which would make `idle_timeout` and `header_read_timeout` the
 //! same number. [`Activity`] tracks, per connection, whether a request is in flight, when the
 //! connection went idle, and when the first byte of a new request head arrived; the connection
-//! task wakes at the next deadline and closes the connection if it passed.
+//! task wakes at the next deadline and closes the connection if it passed. Writes to a client
+//! are bounded by `body_timeout` ([`TrackedIo`]): a client that takes nothing for that long is
+//! closed.
 //!
 //! Shutdown: stop accepting, ask every connection to finish gracefully (HTTP/1 closes after the
 //! current response, HTTP/2 sends GOAWAY), wait for them up to `shutdown_grace`.
