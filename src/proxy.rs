@@ -6,7 +6,9 @@
 //!
 //! The upstream call itself ([`forward`]) is shared by app routes and the Clerk route: backend
 //! choice and failover, the response timeout (which starts once the request body is fully sent,
-//! so a slow upload is not a slow backend), and error classification.
+//! so a slow upload is not a slow backend), a backend that stops taking the body
+//! (`body_timeout`), and error classification: a request body that fails on the client's side
+//! is the client's error (400, 408), never counted against the backend.
 //!
 //! This module must not parse config or hold state across requests; it reads the snapshot.
 
