@@ -133,7 +133,7 @@ pub fn serve<'a>(
         let mut resp = match handle(req, conn, &snap, &mut route).await {
             Ok(r) => r,
             Err(e) => {
-                let id = route.as_ref().map(|r| &*r.id).unwrap_or("-");
+                let id = route_id(&route);
                 if e.is_client_error() {
                     tracing::debug!(peer = %conn.peer, %method, route = id, status = e.status().as_u16(), error = %e, "request refused");
                 } else {
@@ -156,6 +156,11 @@ pub fn serve<'a>(
             .on_complete(Box::new(move |outcome| finish.done(outcome)));
         Ok(resp)
     }
+}
+
+/// The matched route's id for a log line, `-` before a route matched.
+fn route_id(route: &Option<Arc<Route>>) -> &str {
+    route.as_ref().map_or("-", |r| &*r.id)
 }
 
 /// Access-log fields taken from the request before it is consumed.
@@ -229,7 +234,7 @@ impl Finish {
             // was sent: the client can only be given a cut-off response. nginx logs "upstream
             // prematurely closed connection" at `error` for the same.
             let backend = up.active.label();
-            let route = self.route.as_ref().map(|r| &*r.id).unwrap_or("-");
+            let route = route_id(&self.route);
             tracing::warn!(method = %self.method, route, status = self.status.as_u16(), backend, bytes_sent = outcome.bytes, %error, "the backend's response body failed; the response is cut off");
             crate::metrics::upstream_error(backend, "body");
         }

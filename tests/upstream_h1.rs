@@ -122,10 +122,7 @@ async fn a_backend_that_stalls_mid_body_is_given_up_on_after_body_timeout() {
         b"GET / HTTP/1.1\r\nHost: app.example.com\r\n\r\n",
     )
     .await;
-    if let Some((head, body)) = out.split_once("\r\n\r\n") {
-        assert!(head.contains("content-length: 10"), "{out}");
-        assert!(body.len() < 10, "{out}");
-    }
+    assert_cut_off(&out, 10);
     // The stalled connection was closed, not pooled: the next request opens another.
     let again = raw(
         gw.http(),

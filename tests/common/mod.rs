@@ -661,6 +661,19 @@ pub async fn swallowing_backend() -> (SocketAddr, oneshot::Receiver<Vec<u8>>) {
     (addr, rx)
 }
 
+/// Checks that what reached a client cannot pass for a whole response: if a head arrived, it
+/// still declares `declared` bytes, and fewer came.
+pub fn assert_cut_off(out: &str, declared: usize) {
+    if let Some((head, body)) = out.split_once("\r\n\r\n") {
+        assert!(
+            head.to_ascii_lowercase()
+                .contains(&format!("content-length: {declared}")),
+            "{out}"
+        );
+        assert!(body.len() < declared, "{out}");
+    }
+}
+
 /// Reads one request head; `None` when the peer closed first.
 pub async fn read_head(tcp: &mut TcpStream) -> Option<String> {
     let mut head = Vec::new();
