@@ -71,7 +71,19 @@ pub struct Body {
     done: Option<Completion>,
     /// Set by the upstream paths; taken by the completion hook.
     pub used: Option<UpstreamUsed>,
+    /// HTTP/2 only: tells the stream's task when a frame handed over is waiting on the client
+    /// ([`crate::h2_stall`]).
+    send_watch: Option<Arc<crate::h2_stall::SendWatch>>,
+    /// HTTP/2 only: the rest of a data frame handed over in pieces (see [`SEND_PIECE`]).
+    rest: Option<Bytes>,
 }
+
+/// The largest piece of data handed to an HTTP/2 stream at once: h2's default frame size, so
+/// the frames on the wire are the same. h2 holds a piece it cannot send until the client's
+/// window has room for all of it, and meanwhile asks for nothing: a smaller piece means the
+/// body is asked again each time the client has taken this much, which is the progress
+/// [`crate::h2_stall`] watches for. (A backend's reads can be a megabyte.)
+pub const SEND_PIECE: usize = 16 << 10;
 
 impl Body {
     pub fn empty() -> Body {
@@ -114,7 +126,18 @@ impl Body {
             stall: None,
             done: None,
             used: None,
+            send_watch: None,
+            rest: None,
         }
+    }
+
+    /// Reports this body's progress to its HTTP/2 stream's task, which resets the stream when
+    /// the client takes nothing for `body_timeout`: the route's, for an upstream's body.
+    pub fn watch_send(&mut self, watch: Arc<crate::h2_stall::SendWatch>) {
+        if let Some(stall) = &self.stall {
+            watch.set_limit(stall.limit);
+        }
+        self.send_watch = Some(watch);
     }
 
     /// Sets the hook called when the body ends (replacing any earlier one).
@@ -149,12 +172,18 @@ impl HttpBody for Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let mut polled: Poll<Option<Result<Frame<Bytes>, BoxError>>> = match &mut this.kind {
-            Kind::Empty => Poll::Ready(None),
-            Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Incoming(i) => Pin::new(i).poll_frame(cx).map_err(|e| e.into()),
-            Kind::Pooled(p) => Pin::new(p).poll_frame(cx).map_err(|e| e.into()),
-            Kind::Stream(s) => s.as_mut().poll_frame(cx),
+        if let Some(w) = &this.send_watch {
+            w.polled();
+        }
+        let mut polled: Poll<Option<Result<Frame<Bytes>, BoxError>>> = match this.rest.take() {
+            Some(rest) => Poll::Ready(Some(Ok(Frame::data(rest)))),
+            None => match &mut this.kind {
+                Kind::Empty => Poll::Ready(None),
+                Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+                Kind::Incoming(i) => Pin::new(i).poll_frame(cx).map_err(|e| e.into()),
+                Kind::Pooled(p) => Pin::new(p).poll_frame(cx).map_err(|e| e.into()),
+                Kind::Stream(s) => s.as_mut().poll_frame(cx),
+            },
         };
         if let Some(stall) = &mut this.stall {
             if polled.is_pending() {
@@ -168,6 +197,17 @@ impl HttpBody for Body {
                 }
             } else {
                 stall.progress();
+            }
+        }
+        if let (Some(w), Poll::Ready(Some(Ok(frame)))) = (&this.send_watch, &mut polled) {
+            if let Some(d) = frame.data_mut() {
+                if d.len() > SEND_PIECE {
+                    this.rest = Some(d.split_off(SEND_PIECE));
+                }
+                // An empty frame needs no flow-control window, so never waits on one.
+                if !d.is_empty() {
+                    w.handed();
+                }
             }
         }
         match &polled {
@@ -190,6 +230,9 @@ impl HttpBody for Body {
     }
 
     fn is_end_stream(&self) -> bool {
+        if self.rest.is_some() {
+            return false;
+        }
         match &self.kind {
             Kind::Empty => true,
             Kind::Full(b) => b.is_none(),
@@ -200,14 +243,23 @@ impl HttpBody for Body {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.kind {
+        let mut hint = match &self.kind {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
             Kind::Incoming(i) => i.size_hint(),
             Kind::Pooled(p) => p.size_hint(),
             Kind::Stream(s) => s.size_hint(),
+        };
+        if let Some(rest) = &self.rest {
+            // Upper first: a lower bound above the upper one panics.
+            let n = rest.len() as u64;
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper.saturating_add(n));
+            }
+            hint.set_lower(hint.lower().saturating_add(n));
         }
+        hint
     }
 }
 
@@ -430,5 +482,44 @@ impl Stall {
             Some(t) => t.as_mut().poll(cx),
             None => Poll::Pending,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt as _;
+
+    fn watched(len: usize) -> Body {
+        let mut b = Body::full(vec![1u8; len]);
+        b.watch_send(crate::h2_stall::SendWatch::new(Duration::from_secs(60)));
+        b
+    }
+
+    #[tokio::test]
+    async fn on_http2_a_large_frame_is_handed_over_in_pieces_of_the_frame_size() {
+        let mut b = watched(2 * SEND_PIECE + 100);
+        let mut sizes = Vec::new();
+        while let Some(f) = b.frame().await {
+            sizes.push(f.unwrap().into_data().unwrap().len());
+        }
+        assert_eq!(sizes, [SEND_PIECE, SEND_PIECE, 100]);
+    }
+
+    #[tokio::test]
+    async fn a_body_with_pieces_left_is_not_at_its_end_and_says_how_much_is_left() {
+        let mut b = watched(SEND_PIECE + 100);
+        b.frame().await.unwrap().unwrap();
+        assert!(!b.is_end_stream());
+        assert_eq!(b.size_hint().exact(), Some(100));
+        b.frame().await.unwrap().unwrap();
+        assert!(b.is_end_stream());
+    }
+
+    #[tokio::test]
+    async fn without_a_watch_a_frame_is_handed_over_whole() {
+        let mut b = Body::full(vec![1u8; 2 * SEND_PIECE]);
+        let f = b.frame().await.unwrap().unwrap();
+        assert_eq!(f.into_data().unwrap().len(), 2 * SEND_PIECE);
     }
 }

@@ -9,7 +9,8 @@
 //! The request path reads top to bottom:
 //!
 //! - [`server`]: listeners and connections (accept, TLS handshake, HTTP/1.1 and HTTP/2, client
-//!   timeouts, graceful drain), with [`h1_server`], our HTTP/1.1 path for requests without a body;
+//!   timeouts, graceful drain), with [`h1_server`], our HTTP/1.1 path for requests without a body,
+//!   and [`h2_stall`], which resets an HTTP/2 stream whose client stopped taking it;
 //! - [`proxy`]: the service: host → site → path → route → target → response fixups;
 //! - [`router`] and [`path`]: pure lookup and path normalization;
 //! - [`headers`]: pure header rules (hop-by-hop, forwarding, trust);
@@ -40,6 +41,7 @@ pub mod error;
 pub mod gateway;
 pub mod h1;
 pub mod h1_server;
+pub mod h2_stall;
 pub mod headers;
 pub mod metrics;
 pub mod nginx;

@@ -33,7 +33,7 @@ use bytes::BytesMut;
 use http::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -41,6 +41,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::body::ReqBody;
+use crate::h2_stall::{NextWatch, SendWatch, StreamExec};
 use crate::park::Parked;
 use crate::proxy::ConnInfo;
 use crate::state::Shared;
@@ -803,10 +804,11 @@ where
 {
     crate::h1_server::Transport::set_nodelay(&tracked);
     let io = crate::h1_server::Prefixed::new(read.freeze(), tracked);
-    let http = Box::pin(
-        h2_builder(limits.max_header)
-            .serve_connection(TokioIo::new(io), service(conn.clone(), ctx.shared.clone())),
-    );
+    let exec = StreamExec::default();
+    let streams = Some((exec.next.clone(), limits.send));
+    let service = service(conn.clone(), ctx.shared.clone(), streams);
+    let http =
+        Box::pin(h2_builder(exec, limits.max_header).serve_connection(TokioIo::new(io), service));
     async move { run(http, &conn, ctx, limits.idle, limits.header_read).await }
 }
 
@@ -851,7 +853,10 @@ where
     };
     let served = {
         let http = h1_builder(max_header)
-            .serve_connection(TokioIo::new(io), service(conn.clone(), ctx.shared.clone()))
+            .serve_connection(
+                TokioIo::new(io),
+                service(conn.clone(), ctx.shared.clone(), None),
+            )
             .with_upgrades();
         Box::pin(run(Box::pin(http), &conn, ctx, idle, header_read))
     };
@@ -860,9 +865,14 @@ where
 }
 
 /// The service hyper calls: our one request handler, with this connection's details.
+///
+/// On HTTP/2, `streams` is the connection's slot for each stream's watch and the server's
+/// `body_timeout`: each response body then tells its stream's task whether the client is taking
+/// it (`h2_stall`), with the route's `body_timeout` when it comes from one.
 fn service(
     conn: Arc<ConnInfo>,
     shared: Arc<Shared>,
+    streams: Option<(NextWatch, Duration)>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = http::Response<crate::body::Body>,
@@ -871,8 +881,20 @@ fn service(
              + Send,
 > + Clone {
     service_fn(move |req: Request<Incoming>| {
+        let watch = streams.as_ref().map(|(next, limit)| {
+            let watch = SendWatch::new(*limit);
+            // hyper hands this stream's task to the executor next, which takes the watch.
+            *crate::worker::lock(next) = Some(watch.clone());
+            watch
+        });
         let (conn, shared) = (conn.clone(), shared.clone());
-        async move { crate::proxy::serve(req.map(ReqBody::Hyper), &conn, &shared).await }
+        async move {
+            let mut resp = crate::proxy::serve(req.map(ReqBody::Hyper), &conn, &shared).await?;
+            if let Some(w) = watch {
+                resp.body_mut().watch_send(w);
+            }
+            Ok(resp)
+        }
     })
 }
 
@@ -915,8 +937,11 @@ fn h1_builder(max_header: u64) -> hyper::server::conn::http1::Builder {
     b
 }
 
-fn h2_builder(max_header: u64) -> hyper::server::conn::http2::Builder<TokioExecutor> {
-    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+fn h2_builder(
+    exec: StreamExec,
+    max_header: u64,
+) -> hyper::server::conn::http2::Builder<StreamExec> {
+    let mut b = hyper::server::conn::http2::Builder::new(exec);
     b.max_header_list_size(max_header.min(u32::MAX as u64) as u32)
         .max_concurrent_streams(250)
         .max_pending_accept_reset_streams(100)
@@ -941,14 +966,14 @@ where
     }
 }
 
-impl<I, S> Graceful for hyper::server::conn::http2::Connection<I, S, TokioExecutor>
+impl<I, S> Graceful for hyper::server::conn::http2::Connection<I, S, StreamExec>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: hyper::service::HttpService<hyper::body::Incoming>,
     S::ResBody: hyper::body::Body + Send + 'static,
     <S::ResBody as hyper::body::Body>::Data: Send,
     <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+    StreamExec: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
 {
     fn graceful(self: Pin<&mut Self>) {
         self.graceful_shutdown();

@@ -529,6 +529,134 @@ async fn an_h2_backend_that_stalls_mid_stream_is_cut_off_after_body_timeout() {
     assert!(!out.ends_with("0\r\n\r\n"), "{out}");
 }
 
+/// An HTTP/2 (h2c) client connection whose streams open with a 16 KiB window: a response body
+/// moves on only as fast as the test reads it.
+async fn h2c_small_window(
+    addr: std::net::SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(16 << 10)
+            .initial_connection_window_size(16 << 20)
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+#[tokio::test]
+async fn an_h2_stream_whose_client_takes_nothing_is_reset_after_body_timeout_and_its_backend_let_go()
+ {
+    // The client reads the head and none of the body, so the stream's window stays shut after
+    // 16 KiB: the gateway waits on the client for that stream alone, with the connection's
+    // writes flowing. After the route's body_timeout the stream is reset and the backend's
+    // connection closed; the connection's other streams go on.
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (closed_tx, mut closed_rx) = mpsc::channel::<()>(1);
+    let (addr, _) = raw_backend(move |_, mut tcp| {
+        let closed = closed_tx.clone();
+        async move {
+            read_head(&mut tcp).await;
+            let head = b"HTTP/1.1 200 OK\r\nContent-Length: 67108864\r\n\r\n";
+            let mut open = tcp.write_all(head).await.is_ok();
+            let chunk = vec![0u8; 64 << 10];
+            for _ in 0..1024 {
+                open = open && tcp.write_all(&chunk).await.is_ok();
+            }
+            // Cut off mid-write, or (were the buffers that large) all written: either way the
+            // gateway's side ends only when it lets go of the response.
+            let _ = tcp.read(&mut [0u8; 1]).await;
+            let _ = closed.send(()).await;
+        }
+    })
+    .await;
+    let gw = gateway(&one_route(
+        &format!("\"http://{addr}\""),
+        "",
+        "body_timeout = \"300ms\"",
+    ))
+    .await;
+    let port = gw.http().port();
+    let mut client = h2c_small_window(gw.http()).await;
+    let big = within(
+        "the head of the large response",
+        client.send_request(
+            Request::get(format!("http://app.example.com:{port}/api/big"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(big.status(), 200);
+    let asked = std::time::Instant::now();
+    within("the backend's connection closed", closed_rx.recv()).await;
+    assert!(
+        asked.elapsed() >= std::time::Duration::from_millis(250),
+        "let go after {:?}, before body_timeout",
+        asked.elapsed()
+    );
+    // The same connection serves on.
+    let other = within(
+        "another stream on the same connection",
+        client.send_request(
+            Request::get(format!("http://app.example.com:{port}/other"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(collect(other).await.text(), "fallthrough");
+    // The stalled stream ends in a reset, not in a response that passes for whole.
+    let rest = within("the reset stream", big.into_body().collect()).await;
+    assert!(rest.is_err(), "the stream ended as if complete");
+}
+
+#[tokio::test]
+async fn an_h2_client_that_reads_slowly_but_steadily_is_never_reset() {
+    // 512 KiB through a 16 KiB window, one frame every 40 ms: about a second in all, under a
+    // body_timeout of 300 ms. Each frame taken moves the limit on.
+    let b = backend_with(Arc::new(|_req| {
+        Box::pin(async { Response::new(full(vec![5u8; 512 << 10])) })
+    }))
+    .await;
+    let gw = gateway(&one_route(
+        &format!("\"{}\"", b.url()),
+        "",
+        "body_timeout = \"300ms\"",
+    ))
+    .await;
+    let mut client = h2c_small_window(gw.http()).await;
+    let resp = within(
+        "the head",
+        client.send_request(
+            Request::get(format!(
+                "http://app.example.com:{}/api/slow",
+                gw.http().port()
+            ))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    let mut body = resp.into_body();
+    let (mut got, started) = (0usize, std::time::Instant::now());
+    while let Some(frame) = within("the next frame", body.frame()).await {
+        got += frame
+            .expect("the stream was reset")
+            .into_data()
+            .map_or(0, |d| d.len());
+        // Pacing the reader, not waiting for an event: the window opens only as it reads.
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+    }
+    assert_eq!(got, 512 << 10);
+    assert!(started.elapsed() > std::time::Duration::from_millis(300));
+}
+
 /// An mpsc receiver as a stream of frames.
 fn tokio_stream_from(
     mut rx: mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>,
