@@ -13,7 +13,9 @@
 //!
 //! Both directions bound the wait for a body's next bytes (`body_timeout`, [`Stall`]): a client
 //! that stops sending its body mid-way, or a backend that stops mid-response, is given up on
-//! rather than held forever.
+//! rather than held forever. On HTTP/2 a [`Body`] also tells its stream's task when what it
+//! handed over waits on the client ([`crate::h2_stall`]), and hands data over in pieces of one
+//! frame ([`SEND_PIECE`]) so that each piece the client takes shows.
 //!
 //! An enum rather than a boxed trait object, so the common cases cost no allocation.
 

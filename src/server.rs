@@ -14,7 +14,8 @@
 //! connection went idle, and when the first byte of a new request head arrived; the connection
 //! task wakes at the next deadline and closes the connection if it passed. Writes to a client
 //! are bounded by `body_timeout` ([`TrackedIo`]): a client that takes nothing for that long is
-//! closed.
+//! closed. An HTTP/2 connection runs its streams under [`crate::h2_stall::StreamExec`], which
+//! resets one stream whose client takes nothing of it while the connection flows.
 //!
 //! Shutdown: stop accepting, ask every connection to finish gracefully (HTTP/1 closes after the
 //! current response, HTTP/2 sends GOAWAY), wait for them up to `shutdown_grace`.
