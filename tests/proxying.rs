@@ -546,6 +546,18 @@ async fn h2c_small_window(
     sender
 }
 
+/// A GET for `path` on `client`'s connection, to the head of its response.
+async fn h2_get(
+    client: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    port: u16,
+    path: &str,
+) -> Response<hyper::body::Incoming> {
+    let req = Request::get(format!("http://app.example.com:{port}{path}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    within(path, client.send_request(req)).await.unwrap()
+}
+
 #[tokio::test]
 async fn an_h2_stream_whose_client_takes_nothing_is_reset_after_body_timeout_and_its_backend_let_go()
  {
@@ -580,16 +592,7 @@ async fn an_h2_stream_whose_client_takes_nothing_is_reset_after_body_timeout_and
     .await;
     let port = gw.http().port();
     let mut client = h2c_small_window(gw.http()).await;
-    let big = within(
-        "the head of the large response",
-        client.send_request(
-            Request::get(format!("http://app.example.com:{port}/api/big"))
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        ),
-    )
-    .await
-    .unwrap();
+    let big = h2_get(&mut client, port, "/api/big").await;
     assert_eq!(big.status(), 200);
     let asked = std::time::Instant::now();
     within("the backend's connection closed", closed_rx.recv()).await;
@@ -599,16 +602,7 @@ async fn an_h2_stream_whose_client_takes_nothing_is_reset_after_body_timeout_and
         asked.elapsed()
     );
     // The same connection serves on.
-    let other = within(
-        "another stream on the same connection",
-        client.send_request(
-            Request::get(format!("http://app.example.com:{port}/other"))
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        ),
-    )
-    .await
-    .unwrap();
+    let other = h2_get(&mut client, port, "/other").await;
     assert_eq!(collect(other).await.text(), "fallthrough");
     // The stalled stream ends in a reset, not in a response that passes for whole.
     let rest = within("the reset stream", big.into_body().collect()).await;
@@ -630,19 +624,7 @@ async fn an_h2_client_that_reads_slowly_but_steadily_is_never_reset() {
     ))
     .await;
     let mut client = h2c_small_window(gw.http()).await;
-    let resp = within(
-        "the head",
-        client.send_request(
-            Request::get(format!(
-                "http://app.example.com:{}/api/slow",
-                gw.http().port()
-            ))
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-        ),
-    )
-    .await
-    .unwrap();
+    let resp = h2_get(&mut client, gw.http().port(), "/api/slow").await;
     let mut body = resp.into_body();
     let (mut got, started) = (0usize, std::time::Instant::now());
     while let Some(frame) = within("the next frame", body.frame()).await {
