@@ -107,15 +107,9 @@ fn main() -> ExitCode {
                 Some(n) if n > 0 => n,
                 _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
             };
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match runtime() {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("gatehouse: cannot start the runtime: {e}");
-                    return ExitCode::from(1);
-                }
+                Err(code) => return code,
             };
             let workers = if threads > 1 {
                 match gatehouse::server::worker_runtimes(threads) {
@@ -145,6 +139,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// The main thread's runtime (single-threaded: see `Command::Run`), or the exit code after saying
+/// why it could not start.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("gatehouse: cannot start the runtime: {e}");
+            ExitCode::from(1)
+        })
+}
+
 fn init_tracing(format: LogFormat, level: Option<&str>) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
@@ -163,15 +169,9 @@ fn init_tracing(format: LogFormat, level: Option<&str>) {
 
 /// `gatehouse clerk ...`: exit 0 on success, 1 otherwise; every failure says what to do.
 fn clerk(cmd: ClerkCommand) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("gatehouse: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     use gatehouse::clerk_setup as setup;
     let report = |v: &setup::Verdict| {

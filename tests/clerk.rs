@@ -137,6 +137,46 @@ async fn untrusted() -> Env {
     setup("", "").await
 }
 
+/// The Clerk route on a TLS listener: `app.test` with a certificate from `ca`.
+struct TlsEnv {
+    gw: Gw,
+    fapi: Backend,
+    app: Backend,
+    ca: common::pki::TestCa,
+}
+
+async fn tls_env() -> TlsEnv {
+    let ca = common::pki::TestCa::new("ca");
+    let dir = tempfile::tempdir().unwrap();
+    ca.leaf(dir.path(), "app", &["app.test"]);
+    let fapi = fake_fapi().await;
+    let app = backend("app").await;
+    let toml = config(&fapi, &app, "https = \"127.0.0.1:0\"", "").replace(
+        "hosts = [\"app.test\", \"other.test\"]",
+        "hosts = [\"app.test\"]\ntls = { cert = \"app.crt\", key = \"app.key\" }",
+    );
+    let gw = gateway_in(
+        dir,
+        &toml,
+        &[("CLERK_PUBLISHABLE_KEY", PK), ("CLERK_SECRET_KEY", SK)],
+    )
+    .await;
+    TlsEnv { gw, fapi, app, ca }
+}
+
+impl TlsEnv {
+    /// A TLS connection to `app.test` offering one ALPN protocol.
+    async fn connect(&self, alpn: &[u8]) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        tls_connect(
+            self.gw.https(),
+            self.ca.client_config(&[alpn]),
+            Some("app.test"),
+        )
+        .await
+        .unwrap()
+    }
+}
+
 impl Env {
     async fn get(&self, path: &str) -> Reply {
         get(self.gw.http(), "app.test", path).await
@@ -514,33 +554,16 @@ async fn req16_proxy_url_is_the_request_origin_plus_prefix_over_any_client_value
 
 #[tokio::test]
 async fn req16_on_tls_the_proxy_url_is_https() {
-    let ca = common::pki::TestCa::new("ca");
-    let dir = tempfile::tempdir().unwrap();
-    ca.leaf(dir.path(), "app", &["app.test"]);
-    let fapi = fake_fapi().await;
-    let app = backend("app").await;
-    let toml = config(&fapi, &app, "https = \"127.0.0.1:0\"", "").replace(
-        "hosts = [\"app.test\", \"other.test\"]",
-        "hosts = [\"app.test\"]\ntls = { cert = \"app.crt\", key = \"app.key\" }",
-    );
-    let gw = gateway_in(
-        dir,
-        &toml,
-        &[("CLERK_PUBLISHABLE_KEY", PK), ("CLERK_SECRET_KEY", SK)],
-    )
-    .await;
-    let s = tls_connect(gw.https(), ca.client_config(&[b"h2"]), Some("app.test"))
-        .await
-        .unwrap();
+    let e = tls_env().await;
     let r = tls_send(
-        s,
+        e.connect(b"h2").await,
         Request::get("https://app.test/__clerk/v1/client")
             .body(empty())
             .unwrap(),
     )
     .await;
     assert_eq!(r.status, 200);
-    let s = fapi.last();
+    let s = e.fapi.last();
     assert_eq!(
         s.header("clerk-proxy-url"),
         Some("https://app.test/__clerk")
@@ -1038,30 +1061,9 @@ hosts = ["off.test"]
 async fn req35_the_app_gets_the_public_origin_to_build_its_handshake_redirect() {
     // The handshake redirect itself is made by the app's Clerk SDK; Gatehouse's part is to hand
     // the app the public origin (X-Forwarded-Host/Proto), so the SDK never redirects to localhost.
-    let ca = common::pki::TestCa::new("ca");
-    let dir = tempfile::tempdir().unwrap();
-    ca.leaf(dir.path(), "app", &["app.test"]);
-    let fapi = fake_fapi().await;
-    let app = backend("app").await;
-    let toml = config(&fapi, &app, "https = \"127.0.0.1:0\"", "").replace(
-        "hosts = [\"app.test\", \"other.test\"]",
-        "hosts = [\"app.test\"]\ntls = { cert = \"app.crt\", key = \"app.key\" }",
-    );
-    let gw = gateway_in(
-        dir,
-        &toml,
-        &[("CLERK_PUBLISHABLE_KEY", PK), ("CLERK_SECRET_KEY", SK)],
-    )
-    .await;
-    let s = tls_connect(
-        gw.https(),
-        ca.client_config(&[b"http/1.1"]),
-        Some("app.test"),
-    )
-    .await
-    .unwrap();
+    let e = tls_env().await;
     tls_send(
-        s,
+        e.connect(b"http/1.1").await,
         Request::get("/dashboard?tab=1")
             .header("host", "app.test")
             .header("sec-fetch-dest", "document")
@@ -1069,7 +1071,7 @@ async fn req35_the_app_gets_the_public_origin_to_build_its_handshake_redirect() 
             .unwrap(),
     )
     .await;
-    let seen = app.last();
+    let seen = e.app.last();
     assert_eq!(seen.header("x-forwarded-host"), Some("app.test"));
     assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
     assert_eq!(seen.header("host"), Some("app.test"));

@@ -95,14 +95,7 @@ async fn each_domain_gets_its_own_certificate_verified_by_a_real_client() {
         let s = tls_connect(t.gw.https(), t.ca.client_config(&[b"http/1.1"]), Some(host))
             .await
             .unwrap_or_else(|e| panic!("{host}: {e}"));
-        let r = tls_send(
-            s,
-            Request::get("/")
-                .header("host", host)
-                .body(empty())
-                .unwrap(),
-        )
-        .await;
+        let r = tls_get(s, host).await;
         assert_eq!(r.status, 200, "{host}");
         assert_eq!(r.text(), body, "{host}");
     }
@@ -164,18 +157,7 @@ async fn a_wildcard_certificate_serves_its_subdomains() {
     )
     .await
     .unwrap();
-    assert_eq!(
-        tls_send(
-            s,
-            Request::get("/")
-                .header("host", "pr-1.wild.test")
-                .body(empty())
-                .unwrap()
-        )
-        .await
-        .text(),
-        "wild"
-    );
+    assert_eq!(tls_get(s, "pr-1.wild.test").await.text(), "wild");
 }
 
 #[tokio::test]
@@ -251,18 +233,7 @@ async fn tls_1_2_clients_are_served() {
         s.get_ref().1.protocol_version(),
         Some(rustls::ProtocolVersion::TLSv1_2)
     );
-    assert_eq!(
-        tls_send(
-            s,
-            Request::get("/")
-                .header("host", "c.test")
-                .body(empty())
-                .unwrap()
-        )
-        .await
-        .text(),
-        "c"
-    );
+    assert_eq!(tls_get(s, "c.test").await.text(), "c");
 }
 
 #[tokio::test]
@@ -275,14 +246,7 @@ async fn a_host_of_another_site_than_the_sni_gets_421() {
     )
     .await
     .unwrap();
-    let r = tls_send(
-        s,
-        Request::get("/")
-            .header("host", "c.test")
-            .body(empty())
-            .unwrap(),
-    )
-    .await;
+    let r = tls_get(s, "c.test").await;
     assert_eq!(r.status, 421);
 }
 
@@ -309,14 +273,7 @@ async fn hsts_is_sent_on_https_only() {
     )
     .await
     .unwrap();
-    let r = tls_send(
-        s,
-        Request::get("/")
-            .header("host", "a.test")
-            .body(empty())
-            .unwrap(),
-    )
-    .await;
+    let r = tls_get(s, "a.test").await;
     assert_eq!(
         r.header("strict-transport-security"),
         Some("max-age=31536000; includeSubDomains")
@@ -481,18 +438,7 @@ async fn an_unreadable_certificate_at_reload_keeps_the_last_good_one() {
     let s = tls_connect(gw.https(), ca.client_config(&[]), Some("a.test"))
         .await
         .unwrap();
-    assert_eq!(
-        tls_send(
-            s,
-            Request::get("/")
-                .header("host", "a.test")
-                .body(empty())
-                .unwrap()
-        )
-        .await
-        .text(),
-        "a"
-    );
+    assert_eq!(tls_get(s, "a.test").await.text(), "a");
 }
 
 #[tokio::test]
@@ -597,14 +543,7 @@ async fn session_resumption_survives_a_reload() {
         .await
         .unwrap();
     // Read the session ticket the server sends after the handshake (TLS 1.3 sends it post-handshake).
-    let r = tls_send(
-        first,
-        Request::get("/")
-            .header("host", "a.test")
-            .body(empty())
-            .unwrap(),
-    )
-    .await;
+    let r = tls_get(first, "a.test").await;
     assert_eq!(r.status, 200);
     t.gw.gw.reload().await.unwrap();
     let second = tls_connect(t.gw.https(), cfg, Some("a.test"))

@@ -313,9 +313,8 @@ impl Tr<'_> {
         match d.name.as_str() {
             "client_max_body_size" => {
                 match d.arg(0).and_then(nginx_size) {
-                    Some(s) if d.arg(0) == Some("0") => {
+                    Some(_) if d.arg(0) == Some("0") => {
                         inh.max_body = Some("1024GiB".into());
-                        let _ = s;
                         self.note(d, Outcome::Approximated, "0 (no limit) becomes max_body = \"1024GiB\": Gatehouse always has a limit");
                     }
                     Some(s) => {

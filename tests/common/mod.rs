@@ -435,6 +435,18 @@ pub async fn tls_send(
     .await
 }
 
+/// `GET /` with a `Host` field on an open TLS stream.
+pub async fn tls_get(stream: tokio_rustls::client::TlsStream<TcpStream>, host: &str) -> Reply {
+    tls_send(
+        stream,
+        Request::get("/")
+            .header("host", host)
+            .body(empty())
+            .unwrap(),
+    )
+    .await
+}
+
 /// The `gatehouse` binary running as a child process, with its JSON log lines.
 pub struct Proc {
     pub child: Option<std::process::Child>,
