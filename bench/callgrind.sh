@@ -56,6 +56,10 @@ http {
   proxy_http_version 1.1;
   proxy_set_header Connection "";
   proxy_set_header Host \$host;
+  proxy_set_header X-Forwarded-For \$remote_addr;
+  proxy_set_header X-Real-IP \$remote_addr;
+  proxy_set_header X-Forwarded-Proto \$scheme;
+  proxy_set_header X-Forwarded-Host \$host;
   upstream up { server 127.0.0.1:$UP_PORT; keepalive 64; keepalive_requests 1000000; }
   client_body_temp_path $D/body;
   proxy_temp_path $D/proxy;
