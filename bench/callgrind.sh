@@ -56,6 +56,7 @@ http {
   proxy_http_version 1.1;
   proxy_set_header Connection "";
   proxy_set_header Host \$host;
+  # The forwarding fields Gatehouse always sends, as bench/run.py's nginx sets them: keep the two alike.
   proxy_set_header X-Forwarded-For \$remote_addr;
   proxy_set_header X-Real-IP \$remote_addr;
   proxy_set_header X-Forwarded-Proto \$scheme;
